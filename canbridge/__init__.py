@@ -1,0 +1,52 @@
+"""canbridge: bridge a battery BMS to a solar inverter over CAN.
+
+The public API for plugins is re-exported here; plugins import nothing else from the core.
+"""
+
+__version__ = "0.1.0"
+
+from canbridge.clock import Clock, Timer
+from canbridge.component import Component, Context, Sink, Source, Transform
+from canbridge.hooks import hookimpl
+from canbridge.schema import (
+    REQUIRED,
+    BusRef,
+    Choice,
+    Either,
+    Flag,
+    Integer,
+    ListOf,
+    Number,
+    Option,
+    Path,
+    Table,
+    Text,
+)
+from canbridge.signals import LatestValues, Update, Value
+
+__all__ = [
+    "REQUIRED",
+    "BusRef",
+    "Choice",
+    "Clock",
+    "Component",
+    "Context",
+    "Either",
+    "Flag",
+    "Integer",
+    "LatestValues",
+    "ListOf",
+    "Number",
+    "Option",
+    "Path",
+    "Sink",
+    "Source",
+    "Table",
+    "Text",
+    "Timer",
+    "Transform",
+    "Update",
+    "Value",
+    "__version__",
+    "hookimpl",
+]

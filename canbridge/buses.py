@@ -1,0 +1,219 @@
+"""Buses: one python-can bus per `[buses.NAME]` table, shared by every component on it.
+
+A `BusHandle` owns the python-can bus object, its reader thread and its record file.
+Components send through `BusHandle.send`, which never raises and never blocks for long: a
+send failure is counted and reported, and a bus that keeps failing is closed and reopened
+with backoff by its reader thread, away from the engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import can
+
+from canbridge.clock import Clock
+
+log = logging.getLogger("canbridge.bus")
+
+FAILURES_BEFORE_REOPEN = 5
+BACKOFF_FIRST = 1.0
+BACKOFF_MAX = 30.0
+SEND_TIMEOUT = 0.01
+
+
+class BusHandle:
+    """One named bus: send, receive (via the engine), record, recover."""
+
+    def __init__(self, name: str, config: dict[str, Any], clock: Clock, *,
+                 dry_run: bool = False, opener: Callable[[], can.BusABC] | None = None):
+        self.name = name
+        self.config = config
+        self.clock = clock
+        self.dry_run = dry_run
+        self.channel_label = str(config.get("channel") or name)
+        self._opener = opener or self._open_python_can
+        self._bus: can.BusABC | None = None
+        self._lock = threading.Lock()
+        self._recorder: can.io.CanutilsLogWriter | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._consecutive_failures = 0
+        self._reopen = threading.Event()
+        self.state = "closed"
+        self.last_error: str | None = None
+        self.frames_in = 0
+        self.frames_out = 0
+        self.frames_suppressed = 0
+        self.send_errors = 0
+        self.reopens = 0
+
+    def _open_python_can(self) -> can.BusABC:
+        cfg = self.config
+        kwargs: dict[str, Any] = dict(cfg.get("options") or {})
+        if cfg.get("channel") is not None:
+            kwargs["channel"] = cfg["channel"]
+        if cfg.get("bitrate") is not None:
+            kwargs["bitrate"] = cfg["bitrate"]
+        return can.Bus(interface=cfg["interface"], **kwargs)
+
+    # -- life cycle -------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Open the record file and the bus. A bus that cannot be opened (adapter missing,
+        link down) is retried with backoff by the reader thread rather than failing the run."""
+        self._open_recorder()
+        try:
+            self._bus = self._opener()
+        except Exception as exc:
+            self.last_error = str(exc) or type(exc).__name__
+            self.state = "reopening"
+            self._reopen.set()
+            log.error("bus %s: cannot open (%s); retrying in the background", self.name,
+                      self.last_error)
+            return
+        self.state = "ok"
+
+    def _open_recorder(self) -> None:
+        record = self.config.get("record")
+        if record:
+            self._recorder = can.io.CanutilsLogWriter(record, channel=self.channel_label)
+
+    def start_reader(self, deliver: Callable[[BusHandle, can.Message], None]) -> None:
+        """Start the thread that hands every received frame to `deliver`."""
+        self._thread = threading.Thread(target=self._read_loop, args=(deliver,),
+                                        name=f"bus-{self.name}", daemon=True)
+        self._thread.start()
+
+    def stop_reader(self) -> None:
+        """Tell the reader thread to end; `close()` waits for it."""
+        self._stop.set()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=1.5)
+        with self._lock:
+            if self._bus is not None:
+                self._shutdown_bus(self._bus)
+                self._bus = None
+        if self._recorder is not None:
+            self._recorder.stop()
+            self._recorder = None
+        self.state = "closed"
+
+    @staticmethod
+    def _shutdown_bus(bus: can.BusABC) -> None:
+        try:
+            bus.shutdown()
+        except Exception as exc:  # a dying adapter may fail to close; nothing to save
+            log.debug("shutdown failed: %r", exc)
+
+    # -- traffic ------------------------------------------------------------------------
+
+    def send(self, msg: can.Message) -> bool:
+        """Transmit `msg` (stamped with pipeline time, recorded). False if it did not go out."""
+        msg.timestamp = self.clock.now()
+        msg.is_rx = False
+        msg.channel = self.channel_label
+        if self.dry_run:
+            self.frames_suppressed += 1
+            log.debug("%s: dry run, not sent: %s", self.name, msg)
+            return False
+        if not self._transmit(msg):
+            return False
+        self.frames_out += 1
+        self.record(msg)
+        return True
+
+    def _transmit(self, msg: can.Message) -> bool:
+        bus = self._bus
+        if bus is None or self.state != "ok":
+            self.send_errors += 1
+            return False
+        try:
+            bus.send(msg, timeout=SEND_TIMEOUT)
+        except (can.CanError, OSError, ValueError) as exc:
+            self._send_failed(exc)
+            return False
+        self._consecutive_failures = 0
+        return True
+
+    def _send_failed(self, exc: BaseException) -> None:
+        self.send_errors += 1
+        self._consecutive_failures += 1
+        self.last_error = str(exc) or type(exc).__name__
+        if self._consecutive_failures == 1:
+            log.warning("bus %s: send failed: %s", self.name, self.last_error)
+        if self._consecutive_failures >= FAILURES_BEFORE_REOPEN and self.state == "ok":
+            self.state = "reopening"
+            log.error("bus %s: %d sends failed in a row, reopening", self.name,
+                      self._consecutive_failures)
+            self._reopen.set()
+
+    def record(self, msg: can.Message) -> None:
+        if self._recorder is not None:
+            self._recorder.on_message_received(msg)
+
+    def flush(self) -> None:
+        if self._recorder is not None:
+            self._recorder.file.flush()
+
+    def _read_loop(self, deliver: Callable[[BusHandle, can.Message], None]) -> None:
+        backoff = BACKOFF_FIRST
+        while not self._stop.is_set():
+            if self._reopen.is_set():
+                if self._try_reopen():
+                    backoff = BACKOFF_FIRST
+                else:
+                    self._stop.wait(backoff)
+                    backoff = min(backoff * 2, BACKOFF_MAX)
+                continue
+            bus = self._bus
+            if bus is None:
+                self._reopen.set()
+                continue
+            try:
+                msg = bus.recv(timeout=0.2)
+            except Exception as exc:
+                if self._stop.is_set():
+                    return
+                self.last_error = str(exc) or type(exc).__name__
+                log.error("bus %s: receive failed (%s), reopening", self.name, self.last_error)
+                self.state = "reopening"
+                self._reopen.set()
+                continue
+            if msg is not None:
+                self.frames_in += 1
+                deliver(self, msg)
+
+    def _try_reopen(self) -> bool:
+        with self._lock:
+            if self._bus is not None:
+                self._shutdown_bus(self._bus)
+                self._bus = None
+            try:
+                self._bus = self._opener()
+            except Exception as exc:
+                self.last_error = str(exc) or type(exc).__name__
+                return False
+            self.reopens += 1
+            self._consecutive_failures = 0
+            self.state = "ok"
+            self._reopen.clear()
+        log.warning("bus %s: reopened", self.name)
+        return True
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "frames_in": self.frames_in,
+            "frames_out": self.frames_out,
+            "frames_suppressed": self.frames_suppressed,
+            "send_errors": self.send_errors,
+            "reopens": self.reopens,
+            "last_error": self.last_error,
+        }

@@ -1,0 +1,116 @@
+"""The pipeline clock and its timers.
+
+Live pipelines run on the monotonic clock. A replay at full speed runs on the capture's
+own timestamps: the engine moves the clock forward frame by frame and fires every timer that
+falls due on the way, so a day of data replays in seconds with timers behaving as live.
+Plugins never call `time.time()` or `time.sleep()`; they ask the clock.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+from collections.abc import Callable
+
+
+class Timer:
+    """A scheduled callback; `cancel()` it to stop it firing."""
+
+    __slots__ = ("callback", "cancelled", "due", "period")
+
+    def __init__(self, due: float, period: float | None, callback: Callable[[], None]):
+        self.due = due
+        self.period = period
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Clock:
+    """Pipeline time in seconds, plus the timer queue the engine drives.
+
+    `virtual=False`: time is `time.monotonic()`. `virtual=True`: time only moves when the
+    engine calls `advance_to` (replay at full speed, and tests).
+    """
+
+    def __init__(self, *, virtual: bool = False, start: float = 0.0):
+        self.virtual = virtual
+        self._now = start
+        self._timers: list[tuple[float, int, Timer]] = []
+        self._order = itertools.count()
+
+    def now(self) -> float:
+        return self._now if self.virtual else time.monotonic()
+
+    def wall_time(self, at: float | None = None) -> float:
+        """Unix time of pipeline time `at` (default now), for dates shown to people.
+
+        A replay clock is already Unix time (capture timestamps); a live one is converted.
+        """
+        at = self.now() if at is None else at
+        return at if self.virtual else at - time.monotonic() + time.time()
+
+    def every(self, period: float, callback: Callable[[], None],
+              first: float | None = None) -> Timer:
+        """Call `callback` every `period` seconds, first after `first` (default one period).
+
+        Fixed rate: the n-th call is due at start + first + (n-1)·period, without drift.
+        """
+        if period <= 0:
+            raise ValueError("timer period must be positive")
+        return self._push(Timer(self.now() + (period if first is None else first),
+                                period, callback))
+
+    def after(self, delay: float, callback: Callable[[], None]) -> Timer:
+        """Call `callback` once, `delay` seconds from now."""
+        return self._push(Timer(self.now() + max(0.0, delay), None, callback))
+
+    def _push(self, timer: Timer) -> Timer:
+        heapq.heappush(self._timers, (timer.due, next(self._order), timer))
+        return timer
+
+    def next_due(self) -> float | None:
+        while self._timers and self._timers[0][2].cancelled:
+            heapq.heappop(self._timers)
+        return self._timers[0][0] if self._timers else None
+
+    def pop_due(self, until: float) -> tuple[float, Timer] | None:
+        """The next timer due at or before `until` and its due time, or None.
+
+        A periodic timer is rescheduled one period on before it is returned."""
+        timers = self._timers
+        while timers:
+            due, _, timer = timers[0]
+            if timer.cancelled:
+                heapq.heappop(timers)
+                continue
+            if due > until:
+                return None
+            heapq.heappop(timers)
+            if timer.period is not None:
+                timer.due = due + timer.period
+                self._push(timer)
+            return due, timer
+        return None
+
+    def advance_to(self, when: float) -> None:
+        """Move virtual time forward (never back)."""
+        if when > self._now:
+            self._now = when
+
+    def run_due(self, until: float, on_error: Callable[[Timer, BaseException], None]) -> int:
+        """Fire every timer due up to `until`, in order; virtual time follows each one."""
+        fired = 0
+        while (item := self.pop_due(until)) is not None:
+            due, timer = item
+            if self.virtual:
+                self.advance_to(due)
+            try:
+                timer.callback()
+            except Exception as exc:
+                on_error(timer, exc)
+            fired += 1
+        return fired

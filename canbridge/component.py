@@ -1,0 +1,164 @@
+"""The component contract: sources, transforms and sinks.
+
+A component type is a class with a `type_name`, a one-line `summary` and an `options`
+schema. The engine builds one instance per table of the pipeline file, calls `start()`,
+then plain methods per event: `on_frame` for frames on its bus, `on_update` for signal
+updates from its inputs, timers it set on `context.clock`. `stop()` flushes; `status()`
+reports health. Everything runs on the engine thread, so a component needs no locks unless
+it starts threads of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from canbridge.schema import Inputs, Option, Text
+from canbridge.signals import Update
+
+if TYPE_CHECKING:
+    import can
+
+    from canbridge.buses import BusHandle
+    from canbridge.clock import Clock
+
+
+class RateLimitedLog:
+    """A logger that says a repetitive thing at most once per `interval` per key.
+
+    Intervals are pipeline-clock seconds, so a fast replay logs as sparsely as live would.
+    """
+
+    def __init__(self, logger: logging.Logger, clock: Clock, interval: float = 60.0):
+        self.logger = logger
+        self.clock = clock
+        self.interval = interval
+        self._last: dict[Any, float] = {}
+        self._suppressed: dict[Any, int] = {}
+
+    def log(self, level: int, key: Any, message: str, *args: Any) -> None:
+        now = self.clock.now()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return
+        self._last[key] = now
+        skipped = self._suppressed.pop(key, 0)
+        if skipped:
+            message += f" ({skipped} more since last report)"
+        self.logger.log(level, message, *args)
+
+    def warning(self, key: Any, message: str, *args: Any) -> None:
+        self.log(logging.WARNING, key, message, *args)
+
+    def error(self, key: Any, message: str, *args: Any) -> None:
+        self.log(logging.ERROR, key, message, *args)
+
+
+@dataclass
+class Context:
+    """What the engine gives a component: the clock, its buses, logging and pipeline facts."""
+
+    name: str
+    clock: Clock
+    log: logging.Logger
+    buses: Mapping[str, BusHandle] = field(default_factory=dict)
+    dry_run: bool = False
+    pipeline_name: str = "battery"
+    pipeline_dir: str = "."
+    health: Callable[[], dict[str, dict[str, Any]]] = dict
+    limited: RateLimitedLog = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.limited = RateLimitedLog(self.log, self.clock)
+
+    def bus(self, name: str) -> BusHandle:
+        return self.buses[name]
+
+
+class Component:
+    """Base of every component type."""
+
+    kind: ClassVar[str] = "component"
+    type_name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    options: ClassVar[tuple[Option, ...]] = ()
+
+    def __init__(self, name: str, config: Mapping[str, Any], context: Context):
+        self.name = name
+        self.config = dict(config)
+        self.context = context
+        self.clock = context.clock
+        self.log = context.log
+        self.errors = 0
+        self._emit: Callable[[Update], None] = _drop
+
+    @classmethod
+    def schema(cls) -> tuple[Option, ...]:
+        """Every option of this type, the common ones (`inputs`) included."""
+        return cls.options
+
+    @classmethod
+    def check(cls, config: Mapping[str, Any]) -> Iterable[tuple[str, str]]:
+        """Checks across options, after each passed its own: (key, problem) pairs."""
+        return ()
+
+    def start(self) -> None:
+        """Called once on the engine thread before the first event; set timers here."""
+
+    def stop(self) -> None:
+        """Called once at the end: flush what is buffered, close what is open."""
+
+    def on_frame(self, msg: can.Message) -> None:
+        """A frame arrived on this component's `bus` (timestamp on the pipeline clock)."""
+
+    def on_update(self, update: Update) -> None:
+        """A signal update arrived from one of this component's `inputs`."""
+
+    def emit(self, update: Update) -> None:
+        """Hand an update to every component that lists this one in its `inputs`."""
+        self._emit(update)
+
+    def status(self) -> dict[str, Any]:
+        """Health for `canbridge status` and MQTT: counters, state, ages (JSON values)."""
+        return {"state": "ok", "errors": self.errors}
+
+    def age(self, timestamp: float | None) -> float | None:
+        """Seconds since `timestamp` on the pipeline clock, rounded for display."""
+        return None if timestamp is None else round(self.clock.now() - timestamp, 3)
+
+
+def _drop(update: Update) -> None:
+    del update
+
+
+INPUTS_OPTION = Option("inputs", Inputs(item=Text(non_empty=True), non_empty=True),
+                       help="names of the sources or transforms this one receives updates from")
+
+
+class Source(Component):
+    """Turns frames (or anything else) into signal updates with `emit`."""
+
+    kind = "source"
+
+
+class Transform(Component):
+    """Receives updates from its `inputs`, emits (changed) updates."""
+
+    kind = "transform"
+
+    @classmethod
+    def schema(cls) -> tuple[Option, ...]:
+        return (INPUTS_OPTION, *cls.options)
+
+
+class Sink(Component):
+    """Receives updates from its `inputs` and sends them somewhere: a bus, MQTT, a file."""
+
+    kind = "sink"
+
+    @classmethod
+    def schema(cls) -> tuple[Option, ...]:
+        return (INPUTS_OPTION, *cls.options)

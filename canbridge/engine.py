@@ -1,0 +1,348 @@
+"""The engine: builds a pipeline from its checked configuration and runs it.
+
+One thread (the one calling `Engine.run`) owns all pipeline state. Bus reader threads hand
+frames to it through a queue; at `speed = "max"` it pulls replayed frames itself and moves
+the virtual clock along their timestamps, firing every timer that falls due on the way.
+The per-frame path is plain method calls: frame -> source -> transforms -> sinks.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import os
+import queue
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import can
+
+from canbridge import __version__
+from canbridge.buses import BusHandle
+from canbridge.clock import Clock, Timer
+from canbridge.component import Component, Context, RateLimitedLog
+from canbridge.config import REPLAY, PipelineConfig, topological_order
+from canbridge.replay import END_OF_REPLAY, ReplayBus
+from canbridge.signals import Update
+
+log = logging.getLogger("canbridge")
+
+HOUSEKEEPING_SECS = 0.5
+"""Wall-clock interval of status file, watchdog and record flushing."""
+
+_WAKE = object()
+
+
+class Engine:
+    def __init__(self, config: PipelineConfig, *, dry_run: bool = False,
+                 duration: float | None = None, notifier: Any = None):
+        self.config = config
+        self.dry_run = dry_run
+        self.duration = duration
+        self.notifier = notifier
+        self.clock = Clock(virtual=any(bus["interface"] == REPLAY and bus["speed"] == "max"
+                                       for bus in config.buses.values()))
+        self.buses: dict[str, BusHandle] = {}
+        self.components: dict[str, Component] = {}
+        self.frames = 0
+        self.updates = 0
+        self.errors = 0
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._stopping = False
+        self._frame_handlers: dict[str, list[tuple[Component, Callable[[can.Message], None]]]] = {}
+        self._forwards: dict[str, list[tuple[frozenset[int], BusHandle]]] = {}
+        self._errors_log = RateLimitedLog(log, self.clock)
+        self._started_wall = time.time()
+        self._next_housekeeping = 0.0
+        self._next_status = 0.0
+        self._start_time = 0.0
+        status = config.tables["status"]
+        self.status_every = float(status["every_secs"])
+        from canbridge.status import default_status_path
+
+        self.status_path = status["file"] or str(default_status_path())
+
+    # -- building -----------------------------------------------------------------------
+
+    def _build(self) -> None:
+        for name, values in self.config.buses.items():
+            cls = ReplayBus if values["interface"] == REPLAY else BusHandle
+            self.buses[name] = cls(name, values, self.clock, dry_run=self.dry_run)
+        order = topological_order(self.config.components)
+        consumers: dict[str, list[tuple[Component, Callable[[Update], None]]]] = {}
+        for spec in order:
+            context = Context(name=spec.name, clock=self.clock,
+                              log=logging.getLogger(f"canbridge.{spec.name}"),
+                              buses=self.buses, dry_run=self.dry_run,
+                              pipeline_name=self.config.name,
+                              pipeline_dir=str(self.config.folder), health=self.health)
+            self.components[spec.name] = spec.cls(spec.name, spec.values, context)
+        for spec in order:
+            component = self.components[spec.name]
+            bus = spec.values.get("bus")
+            if isinstance(bus, str) and type(component).on_frame is not Component.on_frame:
+                self._frame_handlers.setdefault(bus, []).append((component, component.on_frame))
+            for source in spec.values.get("inputs") or ():
+                consumers.setdefault(source, []).append((component, component.on_update))
+        for source, targets in consumers.items():
+            self.components[source]._emit = self._emitter(targets)
+        for values in self.config.forwards.values():
+            self._forwards.setdefault(values["from_bus"], []).append(
+                (frozenset(values["ids"]), self.buses[values["to_bus"]]))
+
+    def _emitter(self, consumers: list[tuple[Component, Callable[[Update], None]]]
+                 ) -> Callable[[Update], None]:
+        def emit(update: Update) -> None:
+            self.updates += 1
+            for component, on_update in consumers:
+                try:
+                    on_update(update)
+                except Exception as exc:
+                    self._component_failed(component, "on_update", exc)
+        return emit
+
+    def _component_failed(self, component: Component, where: str, exc: BaseException) -> None:
+        component.errors += 1
+        self.errors += 1
+        self._errors_log.error((component.name, where, type(exc)),
+                               "component %s failed in %s: %s: %s", component.name, where,
+                               type(exc).__name__, exc)
+
+    # -- running ------------------------------------------------------------------------
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def request_stop(self) -> None:
+        """Ask the run to end (signal handlers call this); safe from any thread."""
+        self._stopping = True
+        self._queue.put(_WAKE)
+
+    def run(self) -> int:
+        self._build()
+        for bus in self.buses.values():
+            bus.open()
+        replays = [b for b in self.buses.values() if isinstance(b, ReplayBus)]
+        merged = self._merged_replays(replays) if self.clock.virtual else None
+        first = next(merged, None) if merged is not None else None
+        if first is not None:
+            self.clock.advance_to(first[0])
+        self._start_time = self.clock.now()
+        for bus in self.buses.values():
+            bus.start_reader(self._deliver)
+        for name, component in self.components.items():
+            try:
+                component.start()
+            except Exception as exc:
+                self._component_failed(self.components[name], "start", exc)
+        self._summary(replays)
+        if self.notifier is not None:
+            self.notifier.ready()
+        try:
+            if merged is not None:
+                self._run_virtual(first, merged)
+            else:
+                self._run_live(sum(1 for b in replays if not b.loop))
+        finally:
+            self._shutdown()
+        return 0
+
+    def _summary(self, replays: list[ReplayBus]) -> None:
+        buses = ", ".join(f"{name} ({b.config['interface']}"
+                          f"{' ' + str(b.config['channel']) if b.config.get('channel') else ''})"
+                          for name, b in self.buses.items())
+        kinds = ", ".join(f"{name} ({type(c).type_name})" for name, c in self.components.items())
+        mode = "replay at full speed" if self.clock.virtual else "live"
+        dry = ", dry run: nothing is transmitted" if self.dry_run else ""
+        log.info("canbridge %s starting pipeline %r from %s: %s%s", __version__,
+                 self.config.name, self.config.path, mode, dry)
+        log.info("buses: %s; components: %s", buses or "none", kinds or "none")
+
+    def _deliver(self, bus: BusHandle, msg: can.Message | None) -> None:
+        """Called on reader threads: stamp the frame with pipeline time, queue it."""
+        if msg is not None and not self.clock.virtual:
+            msg.timestamp = self.clock.now()
+        self._queue.put((bus, msg))
+
+    def _merged_replays(self, replays: list[ReplayBus]) -> Iterator[tuple[float, int, ReplayBus,
+                                                                          can.Message]]:
+        counter = itertools.count()
+        streams = [((m.timestamp, next(counter), bus, m) for m in bus.timeline())
+                   for bus in replays if bus.full_speed]
+        return heapq.merge(*streams)
+
+    def _run_virtual(self, first: tuple[float, int, ReplayBus, can.Message] | None,
+                     merged: Iterator[tuple[float, int, ReplayBus, can.Message]]) -> None:
+        end = None if self.duration is None else self._start_time + self.duration
+        clock = self.clock
+        dispatch = self._dispatch
+        on_timer_error = self._timer_failed
+        item = first
+        check_every = 256
+        countdown = check_every
+        while item is not None and not self._stopping:
+            ts, _, bus, msg = item
+            if end is not None and ts > end:
+                clock.run_due(end, on_timer_error)
+                clock.advance_to(end)
+                break
+            clock.run_due(ts, on_timer_error)
+            clock.advance_to(ts)
+            bus.frames_in += 1
+            dispatch(bus, msg)
+            countdown -= 1
+            if countdown == 0:
+                countdown = check_every
+                self._drain_queue()
+                self._housekeeping()
+            item = next(merged, None)
+        if item is None:
+            for bus in self.buses.values():
+                if isinstance(bus, ReplayBus):
+                    bus.finished = True
+        self._drain_queue()
+
+    def _run_live(self, replays_to_finish: int) -> None:
+        end = None if self.duration is None else self._start_time + self.duration
+        clock = self.clock
+        get = self._queue.get
+        remaining = replays_to_finish
+        while not self._stopping:
+            now = clock.now()
+            if end is not None and now >= end:
+                break
+            due = clock.next_due()
+            timeout = HOUSEKEEPING_SECS if due is None else min(max(due - now, 0.0),
+                                                                HOUSEKEEPING_SECS)
+            if end is not None:
+                timeout = min(timeout, max(end - now, 0.0))
+            try:
+                item = get(timeout=timeout)
+            except queue.Empty:
+                item = None
+            while item is not None:
+                if item is not _WAKE:
+                    bus, msg = item
+                    if msg is END_OF_REPLAY:
+                        remaining -= 1
+                    else:
+                        self._dispatch(bus, msg)
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    item = None
+            clock.run_due(clock.now(), self._timer_failed)
+            self._housekeeping()
+            if replays_to_finish and remaining == 0:
+                log.info("every replay has ended")
+                break
+
+    def _drain_queue(self) -> None:
+        """Frames that live buses received during a full-speed replay: now, on its clock."""
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is not _WAKE and item[1] is not END_OF_REPLAY:
+                bus, msg = item
+                msg.timestamp = self.clock.now()
+                self._dispatch(bus, msg)
+
+    def _dispatch(self, bus: BusHandle, msg: can.Message) -> None:
+        self.frames += 1
+        bus.record(msg)
+        for component, on_frame in self._frame_handlers.get(bus.name, ()):
+            try:
+                on_frame(msg)
+            except Exception as exc:
+                self._component_failed(component, "on_frame", exc)
+        for ids, target in self._forwards.get(bus.name, ()):
+            if msg.arbitration_id in ids and not msg.is_error_frame:
+                target.send(can.Message(
+                    arbitration_id=msg.arbitration_id, is_extended_id=msg.is_extended_id,
+                    is_remote_frame=msg.is_remote_frame, dlc=msg.dlc, data=msg.data,
+                    is_fd=msg.is_fd))
+
+    def _timer_failed(self, timer: Timer, exc: BaseException) -> None:
+        owner = getattr(timer.callback, "__self__", None)
+        if isinstance(owner, Component):
+            self._component_failed(owner, "a timer", exc)
+        else:
+            self.errors += 1
+            self._errors_log.error(("timer", type(exc)), "timer failed: %r", exc)
+
+    # -- health -------------------------------------------------------------------------
+
+    def health(self) -> dict[str, dict[str, Any]]:
+        """Every component's status, keyed by name."""
+        out = {}
+        for name, component in self.components.items():
+            try:
+                status = component.status()
+            except Exception as exc:
+                status = {"state": "error", "errors": component.errors,
+                          "last_error": f"status() failed: {exc!r}"}
+            out[name] = {"kind": component.kind, "type": type(component).type_name, **status}
+        return out
+
+    def status_document(self, state: str = "running") -> dict[str, Any]:
+        now_wall = time.time()
+        return {
+            "version": __version__,
+            "pipeline": self.config.name,
+            "file": str(self.config.path),
+            "pid": os.getpid(),
+            "state": state,
+            "clock": "replay" if self.clock.virtual else "live",
+            "started_at": self._started_wall,
+            "written_at": now_wall,
+            "every_secs": self.status_every,
+            "pipeline_time": self.clock.now(),
+            "engine": {"frames": self.frames, "updates": self.updates, "errors": self.errors},
+            "components": self.health(),
+            "buses": {name: {"interface": bus.config["interface"],
+                             "channel": bus.config.get("channel"), **bus.status()}
+                      for name, bus in self.buses.items()},
+        }
+
+    def _housekeeping(self) -> None:
+        now = time.monotonic()
+        if now < self._next_housekeeping:
+            return
+        self._next_housekeeping = now + HOUSEKEEPING_SECS
+        for bus in self.buses.values():
+            bus.flush()
+        if self.notifier is not None:
+            self.notifier.tick(self.health())
+        if now >= self._next_status:
+            self._next_status = now + self.status_every
+            self._write_status("running")
+
+    def _write_status(self, state: str) -> None:
+        from canbridge.status import write_status
+
+        try:
+            write_status(self.status_path, self.status_document(state))
+        except OSError as exc:
+            self._errors_log.error("status-file", "cannot write the status file %s: %s",
+                                   self.status_path, exc)
+
+    def _shutdown(self) -> None:
+        if self.notifier is not None:
+            self.notifier.stopping()
+        for name, component in self.components.items():
+            try:
+                component.stop()
+            except Exception as exc:
+                self._component_failed(self.components[name], "stop", exc)
+        self._write_status("stopped")
+        for bus in self.buses.values():
+            bus.stop_reader()  # all at once, so closing takes one reader timeout, not one each
+        for bus in self.buses.values():
+            bus.close()
+        log.info("stopped: %d frames in, %d updates, %d component errors", self.frames,
+                 self.updates, self.errors)

@@ -1,0 +1,95 @@
+"""Replay buses: a capture file stands in for hardware.
+
+At `speed = "max"` the engine pulls frames straight from `timeline()` and runs the pipeline
+clock on their timestamps. At a finite speed a pacing thread delivers them in real time
+(scaled), restamped with the live pipeline clock like any received frame.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import can
+
+from canbridge.buses import BusHandle
+from canbridge.clock import Clock
+
+log = logging.getLogger("canbridge.bus")
+
+LOOP_GAP_SECS = 1.0
+"""Pause between the last frame of a pass and the first of the next: the protocols canbridge
+speaks are 1 Hz, so a looped capture keeps their cadence."""
+
+END_OF_REPLAY = None
+"""What the pacing thread delivers once a replay that does not loop has ended."""
+
+
+class ReplayBus(BusHandle):
+    """A bus whose received frames come from a capture; sends are counted and recorded."""
+
+    def __init__(self, name: str, config: dict[str, Any], clock: Clock, *, dry_run: bool = False):
+        super().__init__(name, config, clock, dry_run=dry_run)
+        self.path: str = config["path"]
+        self.speed = config.get("speed", 1.0)
+        self.loop: bool = bool(config.get("loop"))
+        self.finished = False
+
+    @property
+    def full_speed(self) -> bool:
+        return self.speed == "max"
+
+    def open(self) -> None:
+        self._open_recorder()
+        self.state = "ok"
+
+    def timeline(self) -> Iterator[can.Message]:
+        """Every frame of the capture in order; when looping, pass after pass with timestamps
+        moved on so time only increases. Streamed: a day-long capture is never all in memory."""
+        offset = 0.0
+        while True:
+            first = last = None
+            for msg in can.LogReader(self.path):
+                if first is None:
+                    first = msg.timestamp
+                last = msg.timestamp
+                msg.timestamp += offset
+                msg.is_rx = True
+                yield msg
+            if first is None or last is None or not self.loop:
+                return
+            offset += last - first + LOOP_GAP_SECS
+
+    def _transmit(self, msg: can.Message) -> bool:
+        return True  # nothing is listening on a capture: the frame is counted and recorded
+
+    def start_reader(self, deliver: Callable[[BusHandle, can.Message | None], None]) -> None:
+        if self.full_speed:
+            return  # the engine pulls from timeline() itself
+        self._thread = threading.Thread(target=self._pace, args=(deliver,),
+                                        name=f"replay-{self.name}", daemon=True)
+        self._thread.start()
+
+    def _pace(self, deliver: Callable[[BusHandle, can.Message | None], None]) -> None:
+        started = time.monotonic()
+        first: float | None = None
+        speed = float(self.speed)
+        for msg in self.timeline():
+            if first is None:
+                first = msg.timestamp
+            delay = started + (msg.timestamp - first) / speed - time.monotonic()
+            if delay > 0 and self._stop.wait(delay):
+                return
+            if self._stop.is_set():
+                return
+            msg.timestamp = self.clock.now()
+            self.frames_in += 1
+            deliver(self, msg)
+        self.finished = True
+        deliver(self, END_OF_REPLAY)
+
+    def status(self) -> dict[str, Any]:
+        return {**super().status(), "finished": self.finished}

@@ -1,0 +1,83 @@
+"""Signal updates: what flows from sources through transforms to sinks.
+
+Signal names are the vocabulary of `protocols/signals.md` (voltage, soc, alarm_high_voltage,
+...). An update carries the values one event produced (one decoded frame, say), all with the
+same timestamp on the pipeline clock; it is never partial.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+Value = float | int | bool | str
+"""A signal value: a number in its physical unit, a flag, or text."""
+
+
+class Update:
+    """Signal values produced together at one pipeline-clock time. Treat as read-only:
+    the same update is handed to every consumer; a transform emits a new one."""
+
+    __slots__ = ("timestamp", "values")
+
+    def __init__(self, timestamp: float, values: Mapping[str, Value]):
+        self.timestamp = timestamp
+        self.values = values
+
+    def with_values(self, changes: Mapping[str, Value]) -> Update:
+        """A copy with `changes` applied (added or replaced)."""
+        return Update(self.timestamp, {**self.values, **changes})
+
+    def __repr__(self) -> str:
+        return f"Update({self.timestamp!r}, {dict(self.values)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, Update) and other.timestamp == self.timestamp
+                and dict(other.values) == dict(self.values))
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class LatestValues:
+    """The latest value of every signal seen, with the pipeline time it was updated."""
+
+    __slots__ = ("_times", "_values")
+
+    def __init__(self) -> None:
+        self._values: dict[str, Value] = {}
+        self._times: dict[str, float] = {}
+
+    def apply(self, update: Update) -> None:
+        ts = update.timestamp
+        for name, value in update.values.items():
+            self._values[name] = value
+            self._times[name] = ts
+
+    def get(self, name: str, default: Value | None = None) -> Value | None:
+        return self._values.get(name, default)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._values
+
+    def __getitem__(self, name: str) -> Value:
+        return self._values[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def updated_at(self, name: str) -> float | None:
+        return self._times.get(name)
+
+    def fresh(self, names: tuple[str, ...] | list[str], now: float, max_age: float) -> bool:
+        """True when every one of `names` was updated within `max_age` seconds of `now`."""
+        times = self._times
+        for name in names:
+            ts = times.get(name)
+            if ts is None or now - ts > max_age:
+                return False
+        return True
+
+    def snapshot(self) -> dict[str, Value]:
+        return dict(self._values)

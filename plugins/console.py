@@ -1,0 +1,91 @@
+"""Sink `console`: a compact live table of the latest signal values, for a person watching.
+
+On a terminal the table is redrawn in place; piped or logged, one line per refresh.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, TextIO
+
+from canbridge import Flag, LatestValues, ListOf, Number, Option, Sink, Text, Update, hookimpl
+
+# What a person looks at first; everything else follows alphabetically.
+_FIRST = ("soc", "soc_reported", "voltage", "current", "temperature", "charge_voltage_limit",
+          "charge_current_limit", "discharge_current_limit", "discharge_voltage_limit")
+_UNITS = {"voltage": "V", "current": "A", "temperature": "°C", "soc": "%", "soc_reported": "%",
+          "soh": "%", "charge_voltage_limit": "V", "discharge_voltage_limit": "V",
+          "charge_current_limit": "A", "discharge_current_limit": "A",
+          "capacity_nominal": "Ah", "capacity_remaining": "Ah", "balancing_remaining": "s"}
+
+
+class ConsoleSink(Sink):
+    type_name = "console"
+    summary = "print a compact live table of the latest signal values"
+    options = (
+        Option("every_secs", Number(min=0.1, max=3600), 2.0, "seconds between refreshes"),
+        Option("signals", ListOf(Text(non_empty=True)), [],
+               "signals to show (empty: every signal seen)"),
+        Option("alarms", Flag(), True, "list active alarms and warnings"),
+    )
+
+    def __init__(self, *args: Any, stream: TextIO | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.stream = stream or sys.stdout
+        self.latest = LatestValues()
+        self.refreshes = 0
+
+    def start(self) -> None:
+        self.clock.every(self.config["every_secs"], self.refresh)
+
+    def on_update(self, update: Update) -> None:
+        self.latest.apply(update)
+
+    def stop(self) -> None:
+        self.refresh()
+
+    def render(self) -> list[str]:
+        """The lines of one refresh."""
+        latest = self.latest
+        chosen = self.config["signals"] or [
+            *[n for n in _FIRST if n in latest],
+            *sorted(n for n in latest if n not in _FIRST and not _is_flag_name(n))]
+        cells = [f"{name} {_format(latest.get(name))}{_UNITS.get(name, '')}"
+                 for name in chosen if name in latest]
+        lines = ["  ".join(cells) if cells else "waiting for data"]
+        if self.config["alarms"]:
+            active = sorted(n for n in latest if _is_flag_name(n) and latest.get(n) is True)
+            lines.append("active: " + ", ".join(active) if active else "no alarms or warnings")
+        return lines
+
+    def refresh(self) -> None:
+        self.refreshes += 1
+        lines = self.render()
+        stamp = f"[{self.clock.now():.1f}] " if self.clock.virtual else ""
+        if self.stream.isatty():
+            # Home, clear to end of screen: redraw in place without scrolling.
+            self.stream.write("\x1b[H\x1b[J" + "\n".join(lines) + "\n")
+        else:
+            self.stream.write(stamp + " | ".join(lines) + "\n")
+        self.stream.flush()
+
+    def status(self) -> dict[str, Any]:
+        return {"state": "ok", "errors": self.errors, "refreshes": self.refreshes,
+                "signals": len(self.latest)}
+
+
+def _is_flag_name(name: str) -> bool:
+    return name.startswith(("alarm_", "warning_"))
+
+
+def _format(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.2f}".rstrip("0").rstrip(".")
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+@hookimpl
+def canbridge_component_types() -> list[type]:
+    return [ConsoleSink]

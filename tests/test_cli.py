@@ -1,0 +1,160 @@
+"""The command line as a user meets it: subprocesses, exit codes, messages, signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from conftest import REPO, canbridge_cmd, run_canbridge, subprocess_env, write_capture
+
+T0 = 1745512155.0
+
+PIPELINE = """\
+[buses.battery]
+interface = "replay"
+path = "{capture}"
+speed = {speed}
+loop = {loop}
+
+[buses.inverter]
+interface = "virtual"
+channel = "{channel}"
+record = "inverter.log"
+
+[sources.frames]
+type = "test-frames"
+bus = "battery"
+
+[sinks.out]
+type = "test-send"
+inputs = ["frames"]
+bus = "inverter"
+
+[status]
+file = "status.json"
+"""
+
+
+def pipeline(tmp_path: Path, channel: str, *, speed: str = '"max"', loop: str = "false",
+             frames: int = 5, step: float = 1.0) -> Path:
+    capture = write_capture(tmp_path / "c.log",
+                            [(T0 + i * step, 0x20, bytes([i])) for i in range(frames)])
+    path = tmp_path / "pipeline.toml"
+    path.write_text(PIPELINE.format(capture=capture, speed=speed, loop=loop, channel=channel))
+    return path
+
+
+def test_a_replay_run_ends_by_itself_with_exit_0(tmp_path: Path, channel: str) -> None:
+    path = pipeline(tmp_path, channel)
+    result = run_canbridge("run", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "stopped: 5 frames in, 5 updates, 0 component errors" in result.stderr
+    assert len((tmp_path / "inverter.log").read_text().splitlines()) == 5
+    assert json.loads((tmp_path / "status.json").read_text())["state"] == "stopped"
+
+
+def test_a_real_time_replay_ends_when_the_capture_does(tmp_path: Path, channel: str) -> None:
+    path = pipeline(tmp_path, channel, speed="1.0", frames=4, step=0.1)
+    result = run_canbridge("run", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "every replay has ended" in result.stderr
+    recorded = (tmp_path / "inverter.log").read_text().splitlines()
+    assert [line.split()[2] for line in recorded] == ["120#01", "120#02", "120#03", "120#04"]
+
+
+def test_sigterm_stops_a_running_pipeline_cleanly(tmp_path: Path, channel: str) -> None:
+    path = pipeline(tmp_path, channel, speed="1.0", loop="true", frames=3, step=0.2)
+    proc = subprocess.Popen(canbridge_cmd("run", str(path)), env=subprocess_env(),
+                            stderr=subprocess.PIPE, text=True)
+    status = tmp_path / "status.json"
+    deadline = time.monotonic() + 20
+    while not status.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert status.exists(), "the pipeline never wrote its status file"
+    proc.send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    _, stderr = proc.communicate(timeout=10)
+    assert time.monotonic() - sent < 2.0
+    assert proc.returncode == 0, stderr
+    assert "SIGTERM received: stopping" in stderr
+    assert json.loads(status.read_text())["state"] == "stopped"
+
+
+def test_duration_ends_a_live_run(tmp_path: Path, channel: str) -> None:
+    path = pipeline(tmp_path, channel, speed="1.0", loop="true", frames=2, step=0.1)
+    result = run_canbridge("run", str(path), "--duration", "0.5")
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_bad_pipeline_exits_2_without_a_traceback(tmp_path: Path, channel: str) -> None:
+    path = pipeline(tmp_path, channel)
+    path.write_text(path.read_text().replace('type = "test-send"', 'type = "test-sendd"'))
+    result = run_canbridge("run", str(path))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert f'{path}:17: sinks.out.type: unknown sink type "test-sendd" (did you mean ' \
+           '"test-send"?)' in result.stderr.splitlines()
+
+
+def test_dry_run_records_nothing_sent(tmp_path: Path, channel: str) -> None:
+    path = pipeline(tmp_path, channel)
+    result = run_canbridge("run", str(path), "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "dry run: nothing is transmitted" in result.stderr
+    assert (tmp_path / "inverter.log").read_text() == ""
+
+
+def make_broken_plugin(root: Path) -> Path:
+    """An installed distribution whose `canbridge.plugins` entry point fails to import."""
+    dist = root / "broken_plugin-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[canbridge.plugins]\nbroken = broken_plugin_mod\n")
+    (root / "broken_plugin_mod.py").write_text("raise RuntimeError('this plugin is broken')\n")
+    return root
+
+
+def test_a_plugin_that_fails_to_import_is_skipped_and_the_rest_load(
+        tmp_path: Path, channel: str) -> None:
+    site = make_broken_plugin(tmp_path / "site")
+    env = subprocess_env()
+    env["PYTHONPATH"] = os.pathsep.join([str(site), env["PYTHONPATH"]])
+    listing = subprocess.run(canbridge_cmd("plugins"), env=env, text=True, capture_output=True,
+                             check=False)
+    assert listing.returncode == 1
+    assert ("broken (broken_plugin_mod) BROKEN: failed to import: "
+            "RuntimeError('this plugin is broken')") in listing.stdout
+    assert "console (canbridge_plugins.console" in listing.stdout
+    assert "  sink 'console': print a compact live table" in listing.stdout
+    assert "    every_secs = 2  (number, >= 0.1, <= 3600) seconds between refreshes" in (
+        listing.stdout)
+
+    path = pipeline(tmp_path, channel)
+    run = subprocess.run(canbridge_cmd("run", str(path)), env=env, text=True,
+                         capture_output=True, check=False)
+    assert run.returncode == 0
+    assert "plugin 'broken' (broken_plugin_mod) skipped: failed to import" in run.stderr
+
+
+def test_built_in_plugins_register_through_entry_points() -> None:
+    metadata = (REPO / "pyproject.toml").read_text()
+    assert '[project.entry-points."canbridge.plugins"]' in metadata
+    result = run_canbridge("plugins")
+    assert "console (canbridge_plugins.console" in result.stdout
+
+
+def test_dbc_lists_and_shows_the_shipped_databases() -> None:
+    listing = run_canbridge("dbc")
+    assert listing.returncode == 0, listing.stderr
+    names = [line.split(":")[0] for line in listing.stdout.splitlines()]
+    assert {"discover_lynk2", "pylontech"} <= set(names)
+    shown = run_canbridge("dbc", "show", "pylontech")
+    assert shown.returncode == 0
+    assert "0x351" in shown.stdout
+    missing = run_canbridge("dbc", "show", "pylontek")
+    assert missing.returncode == 2
+    assert 'no DBC named \'pylontek\' (did you mean "pylontech"?)' in missing.stderr

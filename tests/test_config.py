@@ -1,0 +1,192 @@
+"""Pipeline file validation: every problem at once, one line each, exit code 2."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from canbridge.cli import main
+
+pytestmark = pytest.mark.usefixtures("with_test_plugins")
+
+GOOD = """\
+[buses.battery]
+interface = "virtual"
+channel = "cfg-battery"
+
+[buses.inverter]
+interface = "virtual"
+channel = "cfg-inverter"
+
+[sources.frames]
+type = "test-frames"
+bus = "battery"
+
+[transforms.tag]
+type = "test-tag"
+inputs = ["frames"]
+
+[sinks.out]
+type = "test-send"
+inputs = ["tag"]
+bus = "inverter"
+"""
+
+
+def validate(tmp_path: Path, text: str, capsys: pytest.CaptureFixture[str],
+             command: str = "validate") -> tuple[int, list[str], str]:
+    path = tmp_path / "pipeline.toml"
+    path.write_text(text)
+    code = main([command, str(path)])
+    captured = capsys.readouterr()
+    prefix = f"{path}"
+    lines = [line.replace(prefix, "P") for line in captured.err.splitlines()]
+    return code, lines, captured.out
+
+
+def test_a_good_pipeline_validates(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, err, out = validate(tmp_path, GOOD, capsys)
+    assert code == 0
+    assert err == []
+    assert out.strip().endswith("ok (2 buses, 3 components, 0 forwards)")
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    (("[sinks.out]\n", "[sinks.out]\nlable = 1\n"),
+     'P:18: sinks.out.lable: unknown option (did you mean "label"?)'),
+    (('bus = "inverter"', 'bus = 5'),
+     "P:20: sinks.out.bus: expected a string, got an integer"),
+    (('channel = "cfg-battery"', 'channel = "cfg-battery"\nbitrate = 5'),
+     "P:4: buses.battery.bitrate: 5 is out of range (>= 1000, <= 1000000)"),
+    (('type = "test-tag"', 'type = "test-tga"'),
+     'P:14: transforms.tag.type: unknown transform type "test-tga" (did you mean "test-tag"?)'),
+    (('type = "test-tag"', 'type = "test-send"'),
+     'P:14: transforms.tag.type: "test-send" is a sink, not a transform: move it to '
+     '[sinks.tag]'),
+    (('inputs = ["tag"]', 'inputs = ["tga"]'),
+     'P:19: sinks.out.inputs: names nothing: no source or transform called "tga" '
+     '(did you mean "tag"?)'),
+    (('inputs = ["tag"]', 'inputs = ["out"]'),
+     'P:19: sinks.out.inputs: "out" is a sink: sinks produce no updates'),
+    (('inputs = ["frames"]', 'inputs = ["frames", "tag"]'),
+     "P:15: transforms.tag.inputs: a component cannot take its own output"),
+    (('bus = "battery"', 'bus = "batery"'),
+     'P:11: sources.frames.bus: no bus named "batery" (declare [buses.batery]) '
+     '(did you mean "battery"?)'),
+    (('interface = "virtual"\nchannel = "cfg-battery"', 'interface = "socketcn"'),
+     'P:2: buses.battery.interface: unknown python-can interface "socketcn" '
+     '(did you mean "socketcan"?)'),
+    (('inputs = ["tag"]\n', 'inputs = []\n'), "P:19: sinks.out.inputs: must not be empty"),
+    (('[sinks.out]\ntype = "test-send"\n', '[sinks.out]\n'),
+     "P:17: sinks.out.type: missing the component type (type = \"...\")"),
+    (('bus = "inverter"', ''), "P:17: sinks.out.bus: missing required option"),
+    (("[buses.battery]", "[satus]\nevery_secs = 1\n\n[buses.battery]"),
+     'P:1: satus: unknown table (did you mean "status"?)'),
+    (('channel = "cfg-battery"', 'channel = "cfg-battery"\nspeed = 2.0'),
+     'P:4: buses.battery.speed: only a bus with interface = "replay" takes this'),
+    (('interface = "virtual"\nchannel = "cfg-battery"', 'interface = "replay"'),
+     'P:1: buses.battery.path: a "replay" bus needs the capture file to play'),
+    (('interface = "virtual"\nchannel = "cfg-battery"', 'interface = "replay"\npath = "no.log"'),
+     "P:3: buses.battery.path: no such capture file: {tmp}/no.log"),
+])
+def test_each_problem_is_one_line_with_file_line_and_key(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], change: tuple[str, str],
+        expected: str) -> None:
+    old, new = change
+    assert old in GOOD
+    code, err, _ = validate(tmp_path, GOOD.replace(old, new, 1), capsys)
+    assert code == 2
+    assert expected.format(tmp=tmp_path.resolve()) in err
+    assert err[-1] == "P: 1 problem found"
+
+
+def test_every_problem_is_found_at_once(tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    text = (GOOD.replace('bus = "battery"', 'bus = "nowhere"')
+            .replace('inputs = ["tag"]', 'inputs = ["tag", "ghost"]')
+            .replace('channel = "cfg-inverter"', 'channel = "cfg-inverter"\nbitrate = "fast"'))
+    code, err, _ = validate(tmp_path, text, capsys)
+    assert code == 2
+    assert err == [
+        "P:8: buses.inverter.bitrate: expected an integer, got a string",
+        'P:12: sources.frames.bus: no bus named "nowhere" (declare [buses.nowhere])',
+        'P:20: sinks.out.inputs: names nothing: no source or transform called "ghost"',
+        "P: 3 problems found",
+    ]
+
+
+def test_cycles_are_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = GOOD + '\n[transforms.loop]\ntype = "test-tag"\ninputs = ["tag"]\n'
+    text = text.replace('inputs = ["frames"]', 'inputs = ["frames", "loop"]')
+    code, err, _ = validate(tmp_path, text, capsys)
+    assert code == 2
+    assert "P:24: transforms.loop.inputs: cycle: tag -> loop -> tag" in err
+
+
+def test_an_unconsumed_source_is_a_warning_not_an_error(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = GOOD + '\n[sources.spare]\ntype = "test-ticker"\n'
+    code, err, out = validate(tmp_path, text, capsys)
+    assert code == 0
+    assert err == ["P:22: sources.spare: warning: nothing takes this component's updates "
+                   "(no sink or transform lists it in inputs)"]
+    assert "ok (2 buses, 4 components" in out
+
+
+def test_toml_syntax_errors_name_the_line(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    code, err, _ = validate(tmp_path, GOOD.replace('type = "test-tag"', 'type = test-tag'),
+                            capsys)
+    assert code == 2
+    assert err[0].startswith("P:14: syntax: not valid TOML: ")
+
+
+def test_a_missing_file_is_a_clear_error(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["validate", str(tmp_path / "nope.toml")])
+    assert code == 2
+    assert f"{tmp_path / 'nope.toml'}: file: cannot read: No such file or directory" in (
+        capsys.readouterr().err)
+
+
+def test_forwards_are_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = GOOD + ('\n[forwards.keepalive]\nfrom_bus = "inverter"\nto_bus = "inverter"\n'
+                   'ids = [0x305, 0x20000000]\n')
+    code, err, _ = validate(tmp_path, text, capsys)
+    assert code == 2
+    assert err[:2] == [
+        "P:24: forwards.keepalive.to_bus: is the same bus as from_bus",
+        "P:25: forwards.keepalive.ids: item 2: 536870912 is out of range (>= 0, <= 536870911)",
+    ]
+
+
+def test_config_prints_every_default(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, err, out = validate(tmp_path, GOOD, capsys, command="config")
+    assert code == 0, err
+    effective = tomllib.loads(out)
+    assert effective["pipeline"] == {"name": "battery"}
+    assert effective["sinks"]["out"] == {"type": "test-send", "inputs": ["tag"],
+                                         "bus": "inverter", "label": ""}
+    assert effective["buses"]["battery"] == {"interface": "virtual", "channel": "cfg-battery",
+                                             "options": {}, "speed": 1.0, "loop": False}
+    assert effective["status"]["every_secs"] == 2.0
+    assert effective["log"]["level"] == "info"
+
+
+def test_config_refuses_a_bad_file_with_exit_2(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    code, err, out = validate(tmp_path, GOOD.replace("test-tag", "nope"), capsys,
+                              command="config")
+    assert code == 2
+    assert out == ""
+    assert err[0].startswith("P:14: transforms.tag.type: unknown transform type")
+
+
+def test_relative_paths_are_taken_from_the_pipeline_folder(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = GOOD.replace('channel = "cfg-inverter"', 'channel = "cfg-inverter"\nrecord = "x.log"')
+    code, _, out = validate(tmp_path, text, capsys, command="config")
+    assert code == 0
+    assert tomllib.loads(out)["buses"]["inverter"]["record"] == str(tmp_path.resolve() / "x.log")

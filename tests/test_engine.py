@@ -1,0 +1,292 @@
+"""The engine: wiring, shared buses, records, replay in virtual time, forwards, failures."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import can
+import pytest
+import support_plugins
+from conftest import write_capture
+
+from canbridge.config import PipelineConfig, load_pipeline
+from canbridge.engine import Engine
+from canbridge.registry import load_registry
+
+T0 = 1745512155.0
+
+
+def load(tmp_path: Path, text: str) -> PipelineConfig:
+    path = tmp_path / "pipeline.toml"
+    path.write_text(text + f'\n[status]\nfile = "{tmp_path / "status.json"}"\n')
+    return load_pipeline(path, load_registry((support_plugins,)))
+
+
+def run(tmp_path: Path, text: str, **kwargs: object) -> Engine:
+    engine = Engine(load(tmp_path, text), **kwargs)  # type: ignore[arg-type]
+    assert engine.run() == 0
+    return engine
+
+
+def replay(path: Path, speed: str = '"max"') -> str:
+    return f'[buses.battery]\ninterface = "replay"\npath = "{path}"\nspeed = {speed}\n'
+
+
+def test_a_one_hour_capture_fires_a_one_second_timer_exactly_3600_times(tmp_path: Path) -> None:
+    capture = write_capture(tmp_path / "hour.log",
+                            ((T0 + s, 0x351, b"\x01") for s in range(3601)))
+    started = time.monotonic()
+    engine = run(tmp_path, replay(capture) + """
+[sources.frames]
+type = "test-frames"
+bus = "battery"
+
+[sources.tick]
+type = "test-ticker"
+period = 1.0
+
+[sinks.ticks]
+type = "test-collect"
+inputs = ["tick", "frames"]
+""")
+    ticker = engine.components["tick"]
+    assert ticker.ticks == 3600
+    ticks = [u for u in engine.components["ticks"].received if "tick" in u.values]
+    assert [u.timestamp for u in ticks] == [T0 + s for s in range(1, 3601)]
+    assert engine.clock.now() == T0 + 3600
+    # Virtual time: an hour of capture must not take an hour (or anything close).
+    assert time.monotonic() - started < 30
+
+
+def test_updates_flow_through_transforms_in_order(tmp_path: Path) -> None:
+    capture = write_capture(tmp_path / "c.log", [(T0, 0x10, b"\x01"), (T0 + 0.5, 0x11, b"\x02"),
+                                                 (T0 + 1, 0x12, b"\x03")])
+    engine = run(tmp_path, replay(capture) + """
+[sources.frames]
+type = "test-frames"
+bus = "battery"
+
+[transforms.first]
+type = "test-tag"
+inputs = ["frames"]
+
+[transforms.second]
+type = "test-tag"
+inputs = ["first"]
+
+[sinks.out]
+type = "test-collect"
+inputs = ["second", "frames"]
+""")
+    received = engine.components["out"].received
+    assert [(u.timestamp, u.values.get("frame_id"), u.values.get("path")) for u in received] == [
+        (T0, 0x10, "/first/second"), (T0, 0x10, None),
+        (T0 + 0.5, 0x11, "/first/second"), (T0 + 0.5, 0x11, None),
+        (T0 + 1, 0x12, "/first/second"), (T0 + 1, 0x12, None),
+    ]
+    assert engine.components["out"].stopped
+
+
+def test_components_share_one_bus_and_records_are_readable(tmp_path: Path, channel: str) -> None:
+    capture = write_capture(tmp_path / "c.log", [(T0 + i, 0x20 + i, bytes([i])) for i in range(5)])
+    engine = run(tmp_path, replay(capture) + f"""
+record = "{tmp_path / 'battery.log'}"
+
+[buses.inverter]
+interface = "virtual"
+channel = "{channel}"
+record = "{tmp_path / 'inverter.log'}"
+
+[sources.a]
+type = "test-frames"
+bus = "battery"
+
+[sources.b]
+type = "test-frames"
+bus = "battery"
+
+[sinks.to_inverter]
+type = "test-send"
+inputs = ["a"]
+bus = "inverter"
+
+[sinks.to_battery]
+type = "test-send"
+inputs = ["b"]
+bus = "battery"
+""")
+    assert engine.components["to_inverter"].count == 5
+    assert engine.components["to_battery"].count == 5
+    inverter = list(can.LogReader(str(tmp_path / "inverter.log")))
+    # Sent frames carry the pipeline clock: the capture's own time in a full-speed replay.
+    assert [(m.timestamp, m.arbitration_id, bytes(m.data)) for m in inverter] == [
+        (T0 + i, 0x120 + i, bytes([i + 1])) for i in range(5)]
+    battery = list(can.LogReader(str(tmp_path / "battery.log")))
+    assert [(m.arbitration_id, m.is_rx) for m in battery] == [
+        pair for i in range(5) for pair in ((0x20 + i, True), (0x120 + i, False))]
+
+
+def test_forwards_copy_only_the_listed_ids_unchanged(tmp_path: Path, channel: str) -> None:
+    capture = tmp_path / "c.log"
+    writer = can.io.CanutilsLogWriter(str(capture))
+    for ts, frame_id, extended in [(T0, 0x305, False), (T0 + 0.1, 0x300, False),
+                                   (T0 + 0.2, 0x305, True), (T0 + 0.3, 0x351, False),
+                                   (T0 + 0.4, 0x1ABCDEF0, True)]:
+        writer.on_message_received(can.Message(timestamp=ts, arbitration_id=frame_id,
+                                               is_extended_id=extended, data=b"\x00" * 8))
+    writer.stop()
+    listener = can.Bus(interface="virtual", channel=channel)
+    try:
+        run(tmp_path, replay(capture) + f"""
+[buses.inverter]
+interface = "virtual"
+channel = "{channel}"
+
+[forwards.keepalive]
+from_bus = "battery"
+to_bus = "inverter"
+ids = [0x305, 0x1ABCDEF0]
+""")
+        got = []
+        while (msg := listener.recv(timeout=0.2)) is not None:
+            got.append((msg.arbitration_id, msg.is_extended_id, bytes(msg.data)))
+    finally:
+        listener.shutdown()
+    assert got == [(0x305, False, b"\x00" * 8), (0x305, True, b"\x00" * 8),
+                   (0x1ABCDEF0, True, b"\x00" * 8)]
+
+
+def test_a_failing_bus_does_not_stop_the_others(tmp_path: Path, channel: str,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(can.interfaces.BACKENDS, "test-broken", ("support_plugins", "BrokenBus"))
+    capture = write_capture(tmp_path / "c.log", [(T0 + i, 0x20, b"\x01") for i in range(10)])
+    engine = run(tmp_path, replay(capture) + f"""
+[buses.bad]
+interface = "test-broken"
+
+[buses.good]
+interface = "virtual"
+channel = "{channel}"
+record = "{tmp_path / 'good.log'}"
+
+[sources.frames]
+type = "test-frames"
+bus = "battery"
+
+[sinks.bad]
+type = "test-send"
+inputs = ["frames"]
+bus = "bad"
+
+[sinks.good]
+type = "test-send"
+inputs = ["frames"]
+bus = "good"
+""")
+    bad = engine.buses["bad"]
+    assert bad.send_errors == 10
+    assert bad.frames_out == 0
+    assert engine.buses["good"].frames_out == 10
+    assert len(list(can.LogReader(str(tmp_path / "good.log")))) == 10
+
+
+def test_a_component_that_raises_is_counted_and_the_pipeline_goes_on(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    frames = [(T0 + i * 0.1, 0x666 if i % 2 else 0x10, b"\x01") for i in range(6)]
+    capture = write_capture(tmp_path / "c.log", frames)
+    engine = run(tmp_path, replay(capture) + """
+[sources.frames]
+type = "test-frames"
+bus = "battery"
+
+[sinks.out]
+type = "test-collect"
+inputs = ["frames"]
+""")
+    assert len(engine.components["out"].received) == 3
+    assert engine.components["frames"].errors == 3
+    assert engine.errors == 3
+    failures = [r.getMessage() for r in caplog.records if "failed in on_frame" in r.getMessage()]
+    # Repetitive errors are rate limited: one line, not one per frame.
+    assert failures == ["component frames failed in on_frame: ValueError: frame 0x666 is cursed"]
+    assert engine.health()["frames"] == {"kind": "source", "type": "test-frames", "state": "ok",
+                                         "errors": 3}
+
+
+def test_dry_run_transmits_nothing(tmp_path: Path, channel: str) -> None:
+    capture = write_capture(tmp_path / "c.log", [(T0 + i, 0x20, b"\x01") for i in range(3)])
+    listener = can.Bus(interface="virtual", channel=channel)
+    try:
+        engine = run(tmp_path, replay(capture) + f"""
+[buses.inverter]
+interface = "virtual"
+channel = "{channel}"
+
+[sources.frames]
+type = "test-frames"
+bus = "battery"
+
+[sinks.out]
+type = "test-send"
+inputs = ["frames"]
+bus = "inverter"
+""", dry_run=True)
+        assert listener.recv(timeout=0.3) is None
+    finally:
+        listener.shutdown()
+    assert engine.components["out"].count == 3
+    assert engine.buses["inverter"].frames_suppressed == 3
+    assert engine.buses["inverter"].frames_out == 0
+
+
+def test_duration_is_pipeline_time_in_a_full_speed_replay(tmp_path: Path) -> None:
+    capture = write_capture(tmp_path / "c.log", [(T0 + i, 0x20, b"\x01") for i in range(100)])
+    engine = run(tmp_path, replay(capture) + """
+[sources.tick]
+type = "test-ticker"
+
+[sinks.out]
+type = "test-collect"
+inputs = ["tick"]
+""", duration=10.0)
+    assert engine.components["tick"].ticks == 10
+    assert engine.clock.now() == T0 + 10
+
+
+def test_a_looping_replay_moves_time_on_each_pass(tmp_path: Path) -> None:
+    capture = write_capture(tmp_path / "c.log", [(T0, 0x20, b"\x01"), (T0 + 2, 0x21, b"\x02")])
+    engine = run(tmp_path, replay(capture) + """loop = true
+
+[sources.frames]
+type = "test-frames"
+bus = "battery"
+
+[sinks.out]
+type = "test-collect"
+inputs = ["frames"]
+""", duration=9.0)
+    times = [u.timestamp - T0 for u in engine.components["out"].received]
+    # Each pass starts one second after the previous pass's last frame.
+    assert times == [0, 2, 3, 5, 6, 8, 9]
+
+
+def test_status_document_reports_components_and_buses(tmp_path: Path) -> None:
+    capture = write_capture(tmp_path / "c.log", [(T0 + i, 0x20, b"\x01") for i in range(3)])
+    engine = run(tmp_path, replay(capture) + """
+[sources.frames]
+type = "test-frames"
+bus = "battery"
+
+[sinks.out]
+type = "test-collect"
+inputs = ["frames"]
+""")
+    doc = engine.status_document("stopped")
+    assert doc["state"] == "stopped"
+    assert doc["clock"] == "replay"
+    assert doc["engine"] == {"frames": 3, "updates": 3, "errors": 0}
+    assert doc["buses"]["battery"]["frames_in"] == 3
+    assert doc["buses"]["battery"]["finished"] is True
+    assert doc["components"]["out"]["type"] == "test-collect"
+    assert (tmp_path / "status.json").exists()
