@@ -155,8 +155,18 @@ class BusHandle:
             self._reopen.set()
 
     def record(self, msg: can.Message) -> None:
-        if self._recorder is not None:
-            self._recorder.on_message_received(msg)
+        recorder = self._recorder
+        if recorder is None:
+            return
+        if self.clock.virtual:
+            recorder.on_message_received(msg)
+            return
+        # Live pipeline time is monotonic; a record is read beside other logs, so it gets
+        # Unix time. Restored at once: the same message goes on to the components.
+        pipeline_time = msg.timestamp
+        msg.timestamp = self.clock.wall_time(pipeline_time)
+        recorder.on_message_received(msg)
+        msg.timestamp = pipeline_time
 
     def flush(self) -> None:
         if self._recorder is not None:

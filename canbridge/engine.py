@@ -170,9 +170,11 @@ class Engine:
     def _merged_replays(self, replays: list[ReplayBus]) -> Iterator[tuple[float, int, ReplayBus,
                                                                           can.Message]]:
         counter = itertools.count()
-        streams = [((m.timestamp, next(counter), bus, m) for m in bus.timeline())
-                   for bus in replays if bus.full_speed]
-        return heapq.merge(*streams)
+
+        def tagged(bus: ReplayBus) -> Iterator[tuple[float, int, ReplayBus, can.Message]]:
+            return ((m.timestamp, next(counter), bus, m) for m in bus.timeline())
+
+        return heapq.merge(*(tagged(bus) for bus in replays if bus.full_speed))
 
     def _run_virtual(self, first: tuple[float, int, ReplayBus, can.Message] | None,
                      merged: Iterator[tuple[float, int, ReplayBus, can.Message]]) -> None:

@@ -64,6 +64,9 @@ def test_a_real_time_replay_ends_when_the_capture_does(tmp_path: Path, channel: 
     assert "every replay has ended" in result.stderr
     recorded = (tmp_path / "inverter.log").read_text().splitlines()
     assert [line.split()[2] for line in recorded] == ["120#01", "120#02", "120#03", "120#04"]
+    # A live record carries Unix time, so it lines up with other logs.
+    stamps = [float(line.split()[0].strip("()")) for line in recorded]
+    assert all(abs(ts - time.time()) < 60 for ts in stamps)
 
 
 def test_sigterm_stops_a_running_pipeline_cleanly(tmp_path: Path, channel: str) -> None:

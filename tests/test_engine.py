@@ -290,3 +290,38 @@ inputs = ["frames"]
     assert doc["buses"]["battery"]["finished"] is True
     assert doc["components"]["out"]["type"] == "test-collect"
     assert (tmp_path / "status.json").exists()
+
+
+def test_two_full_speed_replays_merge_in_time_order_each_on_its_own_bus(tmp_path: Path) -> None:
+    a = write_capture(tmp_path / "a.log", [(T0 + 0, 0x10, b"\x01"), (T0 + 2, 0x10, b"\x02")])
+    b = write_capture(tmp_path / "b.log", [(T0 + 1, 0x20, b"\x03"), (T0 + 3, 0x20, b"\x04")])
+    engine = run(tmp_path, f"""
+[buses.one]
+interface = "replay"
+path = "{a}"
+speed = "max"
+
+[buses.two]
+interface = "replay"
+path = "{b}"
+speed = "max"
+
+[sources.from_one]
+type = "test-frames"
+bus = "one"
+
+[sources.from_two]
+type = "test-frames"
+bus = "two"
+
+[transforms.tag_one]
+type = "test-tag"
+inputs = ["from_one"]
+
+[sinks.out]
+type = "test-collect"
+inputs = ["tag_one", "from_two"]
+""")
+    assert [(u.timestamp - T0, u.values["frame_id"], u.values.get("path"))
+            for u in engine.components["out"].received] == [
+        (0, 0x10, "/tag_one"), (1, 0x20, None), (2, 0x10, "/tag_one"), (3, 0x20, None)]

@@ -1,0 +1,294 @@
+"""The cell-balancing transform: a periodic hold of the SOC the inverter sees.
+
+Some inverters (MidNite MN15 AIO) stop charging when the battery reports 100 %, but a
+LiFePO4 bank balances its cells only during a long absorb at the charge voltage limit. When a
+balance is due and the real SOC rises above `hold_soc`, this transform reports at most
+`hold_soc` as `soc_reported` for `hold_minutes`, so the inverter keeps charging. Only
+`soc_reported` changes: the battery's own limits and alarms pass through untouched, and the
+hold never reports more than the real SOC.
+
+A balance is due when none has completed yet, or `every_days` x 24 h after the last
+completed hold *ended* (with a daily charge that crosses `hold_soc` at about the same time,
+`every_days = 3` therefore gives a hold every 4th day; 2.9 gives every 3rd). A hold ends
+early, not counted, on any alarm or when `soc` stops arriving for `stale_after_secs`. A rise
+is a reading above `hold_soc` after one at or below it; the first reading after start-up or
+after stale data counts as a rise too.
+
+Durations are measured on the pipeline clock, so a replay balances exactly as live; the
+state file stores wall-clock times, so a hold in progress survives a restart.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Iterable, Mapping
+from typing import Any, TypeGuard
+
+from canbridge import Context, Number, Option, Path, Timer, Transform, Update, Value
+
+from .state import (
+    CorruptState,
+    SavedState,
+    iso,
+    location_problem,
+    read_state,
+    remove_leftover_temps,
+    set_aside,
+    write_state,
+)
+
+DAY_SECS = 86400.0
+STALE_SLACK = 1e-6
+"""Timer due times on a Unix-time clock are exact only to a few ulps (~0.2 µs)."""
+
+
+def _number(value: Value | None) -> TypeGuard[float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _duration(secs: float) -> str:
+    return f"{secs / 60:.1f} min"
+
+
+class CellBalancing(Transform):
+    type_name = "cell-balancing"
+    summary = ("holds the SOC reported to the inverter at hold_soc for a periodic long "
+               "absorb that balances the cells")
+    options = (
+        Option("every_days", Number(min=0, min_exclusive=True), 7.0,
+               "days from the end of one completed balancing hold until the next is due"),
+        Option("hold_soc", Number(min=1, max=100), 99.0,
+               "SOC (%) reported at most during a hold; a hold starts when the SOC rises above it"),
+        Option("hold_minutes", Number(min=0, min_exclusive=True), 60.0,
+               "how long the reported SOC is held"),
+        Option("state_file", Path(non_empty=True), "/var/lib/canbridge/balancing.toml",
+               "where the last balance and a hold in progress are kept across restarts"),
+        Option("stale_after_secs", Number(min=0, min_exclusive=True), 5.0,
+               "a hold ends early when no soc arrives for this long"),
+    )
+
+    @classmethod
+    def check(cls, config: Mapping[str, Any]) -> Iterable[tuple[str, str]]:
+        path = pathlib.Path(config["state_file"]).expanduser()
+        # the config loader makes paths absolute; a relative one is resolved in __init__
+        if path.is_absolute() and (problem := location_problem(path)) is not None:
+            yield "state_file", problem
+        if config["hold_minutes"] * 60.0 >= config["every_days"] * DAY_SECS:
+            yield "hold_minutes", (f"a hold of {config['hold_minutes']:g} min is not shorter "
+                                   f"than every_days ({config['every_days']:g} days)")
+
+    def __init__(self, name: str, config: Mapping[str, Any], context: Context):
+        super().__init__(name, config, context)
+        self.every_secs = float(config["every_days"]) * DAY_SECS
+        self.hold_soc = float(config["hold_soc"])
+        self.hold_secs = float(config["hold_minutes"]) * 60.0
+        self.stale_after = float(config["stale_after_secs"])
+        path = pathlib.Path(config["state_file"]).expanduser()
+        self.path = path if path.is_absolute() else pathlib.Path(context.pipeline_dir) / path
+        self.updates_in = 0
+        self._saved = SavedState()
+        self._hold_end: float | None = None  # pipeline time the hold in progress completes
+        self._hold_timer: Timer | None = None
+        self._stale_timer: Timer | None = None
+        self._soc_at = self.clock.now()  # last soc (start-up before the first one)
+        self._soc: Value | None = None  # the last real soc
+        # None after start-up or stale data: the next reading above hold_soc counts as a rise
+        self._previous_soc: float | None = None
+        self._alarms: set[str] = set()
+
+    @property
+    def holding(self) -> bool:
+        return self._hold_end is not None
+
+    # -- life cycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        now = self.clock.now()
+        self._soc_at = now
+        for temp in remove_leftover_temps(self.path):
+            self.log.info("removed %s, left by an interrupted state file write", temp)
+        self._saved = self._load()
+        started = self._saved.hold_started
+        if started is not None:
+            # a wall clock that went backwards must not lengthen the hold
+            remaining = self.hold_secs - max(0.0, self.clock.wall_time(now) - started)
+            if remaining <= 0:
+                self._complete_at(started + self.hold_secs, " while canbridge was stopped")
+            else:
+                self._begin(remaining)
+                self.log.info("balancing hold resumed after a restart: %s left",
+                              _duration(remaining))
+        self._stale_timer = self.clock.after(self.stale_after, self._check_stale)
+        last = self._saved.last_end
+        self.log.info("cell balancing: last balanced %s, next due %s, state file %s",
+                      "never" if last is None else iso(last), iso(self._next_due(now)),
+                      self.path)
+
+    def stop(self) -> None:
+        # a hold in progress stays in the state file: the next start resumes it
+        for timer in (self._hold_timer, self._stale_timer):
+            if timer is not None:
+                timer.cancel()
+        self._hold_timer = self._stale_timer = None
+
+    # -- updates --------------------------------------------------------------------------
+
+    def on_update(self, update: Update) -> None:
+        self.updates_in += 1
+        values = update.values
+        ended = self._apply_alarms(values)
+        soc = values.get("soc")
+        if _number(soc):
+            self._on_soc(soc)
+        if ended or _number(soc):
+            update = update.with_values(self._signals())
+        self.emit(update)
+
+    def _apply_alarms(self, values: Mapping[str, Value]) -> bool:
+        """Track active alarms; end a hold when one is on. True when a hold ended."""
+        for key, value in values.items():
+            if key.startswith("alarm_"):
+                if value:
+                    self._alarms.add(key)
+                else:
+                    self._alarms.discard(key)
+        if self._alarms and self.holding:
+            self._end_early(", ".join(sorted(self._alarms)) + " active")
+            return True
+        return False
+
+    def _on_soc(self, soc: float) -> None:
+        now = self.clock.now()
+        self._soc_at = now
+        self._soc = soc
+        if self._stale_timer is None:
+            self._stale_timer = self.clock.after(self.stale_after, self._check_stale)
+        previous = self._previous_soc
+        self._previous_soc = soc
+        rose = soc > self.hold_soc and (previous is None or previous <= self.hold_soc)
+        if rose and not self.holding and not self._alarms and self._due(now):
+            self._begin(self.hold_secs)
+            self._save(SavedState(self._saved.last_end, self.clock.wall_time(now)))
+            self.log.info("balancing hold started: SOC %g %% rose above %g %%; reporting at most "
+                          "%g %% for %s", soc, self.hold_soc, self.hold_soc,
+                          _duration(self.hold_secs))
+
+    # -- the hold -------------------------------------------------------------------------
+
+    def _begin(self, remaining: float) -> None:
+        self._hold_end = self.clock.now() + remaining
+        self._hold_timer = self.clock.after(remaining, self._complete)
+
+    def _clear_hold(self) -> None:
+        if self._hold_timer is not None:
+            self._hold_timer.cancel()
+        self._hold_timer = None
+        self._hold_end = None
+
+    def _complete(self) -> None:
+        now = self.clock.now()
+        self._clear_hold()
+        self._complete_at(self.clock.wall_time(now))
+        self.emit(Update(now, self._signals()))
+
+    def _complete_at(self, end_wall: float, note: str = "") -> None:
+        self._save(SavedState(last_end=end_wall))
+        self.log.info("balancing hold completed%s at %s; next due %s", note, iso(end_wall),
+                      iso(end_wall + self.every_secs))
+
+    def _end_early(self, reason: str) -> None:
+        held = self.hold_secs - self._remaining()
+        self._clear_hold()
+        self._save(SavedState(self._saved.last_end))
+        self.log.warning("balancing hold ended early after %s, not counted as done: %s",
+                         _duration(held), reason)
+
+    def _check_stale(self) -> None:
+        now = self.clock.now()
+        deadline = self._soc_at + self.stale_after
+        if now < deadline - STALE_SLACK:  # soc arrived since this timer was set
+            self._stale_timer = self.clock.after(deadline - now, self._check_stale)
+            return
+        self._stale_timer = None
+        self._previous_soc = None
+        if self.holding:
+            self._end_early(f"battery data stale (no soc for {self.stale_after:g} s)")
+            self.emit(Update(now, self._signals()))
+
+    def _due(self, now: float) -> bool:
+        last = self._saved.last_end
+        return last is None or self.clock.wall_time(now) >= last + self.every_secs
+
+    def _next_due(self, now: float) -> float:
+        """Wall time the next balance is due; "now" when none has ever completed."""
+        last = self._saved.last_end
+        return self.clock.wall_time(now) if last is None else last + self.every_secs
+
+    def _remaining(self) -> float:
+        if self._hold_end is None:
+            return 0.0
+        return round(max(0.0, self._hold_end - self.clock.now()), 3)
+
+    def _signals(self) -> dict[str, Value]:
+        """The balancing signals, and the SOC for the inverter once a real one is known.
+
+        A hold that ends on a timer or an alarm sends the last real SOC at once, so a sink
+        never shows the held value after the hold ended."""
+        out: dict[str, Value] = {}
+        if self._soc is not None:
+            out["soc_reported"] = min(self._soc, self.hold_soc) if self.holding else self._soc
+        out |= {
+            "balancing_active": self.holding,
+            "balancing_remaining": self._remaining(),
+            "balancing_next_due": iso(self._next_due(self.clock.now())),
+        }
+        if self._saved.last_end is not None:
+            out["balancing_last"] = iso(self._saved.last_end)
+        return out
+
+    # -- the state file -------------------------------------------------------------------
+
+    def _load(self) -> SavedState:
+        try:
+            return read_state(self.path)
+        except FileNotFoundError:
+            return SavedState()
+        except CorruptState as exc:
+            self.errors += 1
+            try:
+                where = f"moved to {set_aside(self.path)}"
+            except OSError as err:
+                where = f"could not move it aside: {err}"
+            self.log.error("balancing state file %s is corrupt (%s), %s; treated as never "
+                           "balanced", self.path, exc, where)
+        except OSError as exc:
+            self.errors += 1
+            self.log.error("cannot read balancing state file %s (%s); treated as never "
+                           "balanced", self.path, exc)
+        return SavedState()
+
+    def _save(self, state: SavedState) -> None:
+        self._saved = state
+        try:
+            write_state(self.path, state)
+        except OSError as exc:
+            self.errors += 1
+            self.context.limited.error("state-file", "cannot write balancing state file %s: %s "
+                                       "(balancing goes on, but a restart forgets it)",
+                                       self.path, exc)
+
+    def status(self) -> dict[str, Any]:
+        now = self.clock.now()
+        state = "holding" if self.holding else "due" if self._due(now) else "idle"
+        last = self._saved.last_end
+        age = now - self._soc_at
+        return {
+            "state": state,
+            "balancing": state,
+            "balancing_last": None if last is None else iso(last),
+            "next_due": iso(self._next_due(now)),
+            "remaining": self._remaining(),
+            "updates_in": self.updates_in,
+            "stale_secs": round(age - self.stale_after, 3) if age > self.stale_after else 0.0,
+            "errors": self.errors,
+        }

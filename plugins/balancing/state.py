@@ -1,0 +1,156 @@
+"""The balancing state file: when the last balance ended and whether a hold is in progress.
+
+The file is small TOML with Unix times written as UTC date-times, so it survives restarts and
+a person can read it. It is replaced atomically (temp file in the same folder, fsync, rename,
+fsync of the folder): a crash or power cut leaves the old file or the new one, never a mix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import tomllib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import tomli_w
+
+VERSION = 1
+HEADER = ("# canbridge cell-balancing state, rewritten by canbridge: "
+          "delete the file to forget past balances\n")
+
+
+@dataclass(frozen=True)
+class SavedState:
+    """Unix times: the end of the last completed hold, and the start of a hold in progress."""
+
+    last_end: float | None = None
+    hold_started: float | None = None
+
+
+class CorruptState(ValueError):
+    """The file exists but does not hold a state this version understands."""
+
+
+def to_datetime(unix: float) -> datetime:
+    return datetime.fromtimestamp(unix, UTC)
+
+
+def iso(unix: float) -> str:
+    """An ISO 8601 date-time with offset, to the second, for signals and status."""
+    return to_datetime(unix).isoformat(timespec="seconds")
+
+
+def dumps(state: SavedState) -> str:
+    doc: dict[str, object] = {"version": VERSION}
+    if state.last_end is not None:
+        doc["last_balanced"] = to_datetime(state.last_end)
+    if state.hold_started is not None:
+        doc["hold"] = {"started": to_datetime(state.hold_started)}
+    return HEADER + tomli_w.dumps(doc)
+
+
+def loads(text: str) -> SavedState:
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise CorruptState(f"not valid TOML ({exc})") from None
+    if doc.get("version") != VERSION:
+        raise CorruptState(f"version is {doc.get('version')!r}, expected {VERSION}")
+    hold = doc.get("hold", {})
+    if not isinstance(hold, dict):
+        raise CorruptState("hold is not a table")
+    return SavedState(_unix(doc.get("last_balanced"), "last_balanced"),
+                      _unix(hold.get("started"), "hold.started"))
+
+
+def _unix(value: object, key: str) -> float | None:
+    if value is None:
+        return None
+    # a date-time without offset is ambiguous across time zones and DST: refuse it
+    if not isinstance(value, datetime) or value.tzinfo is None:
+        raise CorruptState(f"{key} is not a date-time with a UTC offset: {value!r}")
+    return value.timestamp()
+
+
+def read_state(path: Path) -> SavedState:
+    """The state in `path`. Raises FileNotFoundError, OSError or CorruptState."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise CorruptState("not UTF-8 text") from None
+    return loads(text)
+
+
+def set_aside(path: Path) -> Path:
+    """Move a corrupt file to `NAME.corrupt` (replacing an older one) and return that path."""
+    aside = path.with_name(path.name + ".corrupt")
+    os.replace(path, aside)
+    return aside
+
+
+def write_state(path: Path, state: SavedState) -> None:
+    write_atomic(path, dumps(state).encode("utf-8"))
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}."
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` so that readers, crashes and power cuts see old or new."""
+    folder = path.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    # the rename itself is only durable once the folder is on disk
+    dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def remove_leftover_temps(path: Path) -> list[Path]:
+    """Delete temp files a killed writer left beside `path`; returns what was removed."""
+    removed = []
+    with contextlib.suppress(OSError):
+        for temp in path.parent.glob(_temp_prefix(path) + "*.tmp"):
+            with contextlib.suppress(OSError):
+                temp.unlink()
+                removed.append(temp)
+    return removed
+
+
+def location_problem(path: Path) -> str | None:
+    """Why the state file cannot be written at `path`, or None when it can."""
+    try:
+        if path.is_dir():
+            return f"{path} is a directory, not a file"
+        existing = path.parent
+        while not existing.exists():
+            existing = existing.parent
+    except OSError as exc:  # a folder on the way that we may not even look into
+        return f"cannot look into {exc.filename or path.parent} ({exc.strerror or exc})"
+    if not existing.is_dir():
+        return f"{existing} is not a directory"
+    # try it for real: permissions, read-only mounts and ACLs all show up here, even for root
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        what = "directory" if existing == path.parent else "nearest existing directory"
+        return f"{what} {existing} is not writable ({exc.strerror or exc})"
+    return None

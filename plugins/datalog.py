@@ -1,0 +1,371 @@
+"""The data log sink: one row of the latest battery values per interval, one file per day.
+
+`path = "/var/log/canbridge/battery.csv"` writes battery-2025-04-24.csv, battery-2025-04-25.csv,
+... (the local date of the rows in it) and deletes its own files older than `keep_days`.
+Rows carry an ISO 8601 local time with its UTC offset; a signal not seen within
+`stale_after_secs` is an empty cell (JSON null), so an outage shows as a gap, not a flat line.
+
+Files are written by a thread of the sink's own: an SD card can stall an fsync for seconds,
+and the engine thread must keep the inverter fed meanwhile. Each batch of rows is flushed
+and fsync'd, so a power cut loses at most the row being written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import queue
+import re
+import threading
+from collections.abc import Iterable, Mapping
+from datetime import date, datetime, timedelta
+from pathlib import Path as FilePath
+from typing import Any, TextIO
+
+from canbridge import (
+    REQUIRED,
+    Choice,
+    Integer,
+    LatestValues,
+    ListOf,
+    Number,
+    Option,
+    Path,
+    Sink,
+    Text,
+    Update,
+    hookimpl,
+)
+
+DEFAULT_SIGNALS = ["soc", "soc_reported", "voltage", "current", "temperature",
+                   "charge_voltage_limit", "charge_current_limit", "discharge_current_limit",
+                   "discharge_voltage_limit", "balancing_active"]
+TIME_COLUMN = "time"
+STOP_TIMEOUT_SECS = 10.0
+"""How long stop() waits for the writer to put the last rows on disk."""
+
+
+def day_file(path: FilePath, day: date, part: int = 0) -> FilePath:
+    """battery.csv -> battery-2025-04-24.csv; a second part of that day: battery-2025-04-24.1.csv"""
+    suffix = f".{part}{path.suffix}" if part else path.suffix
+    return path.with_name(f"{path.stem}-{day.isoformat()}{suffix}")
+
+
+def day_of(path: FilePath, candidate: str) -> date | None:
+    """The date of one of `path`'s day files by its name, or None for any other file."""
+    pattern = (re.escape(path.stem) + r"-(\d{4}-\d{2}-\d{2})(?:\.\d+)?"
+               + re.escape(path.suffix) + "$")
+    match = re.match(pattern, candidate)
+    if match is None:
+        return None
+    try:
+        return date.fromisoformat(match.group(1))
+    except ValueError:
+        return None
+
+
+class _Writer:
+    """Appends lines to day files on its own thread; reports outcomes through `results`.
+
+    Results are (kind, message) tuples, read and logged by the engine thread: "error" (a row
+    was lost), "ok" (a write succeeded after errors), "opened" (the file now written, by
+    name), "deleted" (an old file removed).
+    """
+
+    def __init__(self, name: str):
+        self._jobs: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
+        self.results: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=f"datalog-{name}", daemon=True)
+        self._file: TextIO | None = None
+        self._file_path: FilePath | None = None
+        self._targets: dict[date, FilePath] = {}
+        self._failing = False
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def append(self, path: FilePath, day: date, header: str | None, line: str) -> None:
+        self._jobs.put(("append", path, day, header, line))
+
+    def prune(self, path: FilePath, oldest_kept: date) -> None:
+        self._jobs.put(("prune", path, oldest_kept))
+
+    def close(self, timeout: float) -> bool:
+        """Write what is queued, close the file; False if that did not finish in time."""
+        if self._thread.ident is None:
+            return True  # never started
+        self._jobs.put(None)
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            batch = [job]
+            while job is not None and not self._jobs.empty():
+                job = self._jobs.get()
+                batch.append(job)
+            for item in batch:
+                if item is None:
+                    self._sync()
+                    self._close_file()
+                    return
+                try:
+                    if item[0] == "append":
+                        self._append(*item[1:])
+                    else:
+                        self._prune(*item[1:])
+                except Exception as exc:  # keep the thread alive: rows would pile up unseen
+                    self.results.put(("error", f"writer failed: {exc!r}"))
+            self._sync()  # once per batch: a replay's day of rows costs one fsync, not 1440
+
+    def _append(self, path: FilePath, day: date, header: str | None, line: str) -> None:
+        try:
+            file = self._open(path, day, header)
+            file.write(line)
+        except OSError as exc:
+            target = self._targets.get(day) or day_file(path, day)
+            self._failed(f"cannot write {target}: {exc.strerror or exc}")
+
+    def _open(self, path: FilePath, day: date, header: str | None) -> TextIO:
+        target = self._targets.get(day)
+        if target is None:
+            target = self._choose(path, day, header)
+            self._targets = {day: target}  # one day at a time: forget yesterday's
+        if self._file is None or self._file_path != target:
+            self._sync()
+            self._close_file()
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self._file_path = target
+            file = target.open("a", encoding="utf-8", newline="")
+            self._file = file
+            self.results.put(("opened", str(target)))
+            if file.tell() == 0:
+                if header is not None:
+                    file.write(header)
+            elif not _ends_with_newline(target):
+                file.write("\n")  # a row cut short by a power loss stays alone on its line
+        return self._file
+
+    @staticmethod
+    def _choose(path: FilePath, day: date, header: str | None) -> FilePath:
+        """The day file, or its next part when the file there has other columns."""
+        part = 0
+        while True:
+            candidate = day_file(path, day, part)
+            if header is None or _first_line(candidate) in (None, header):
+                return candidate
+            part += 1
+
+    def _sync(self) -> None:
+        if self._file is None:
+            return
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as exc:
+            self._failed(f"cannot write {self._file_path}: {exc.strerror or exc}")
+            return
+        if self._failing:
+            self._failing = False
+            self.results.put(("ok", f"writing {self._file_path} again"))
+
+    def _failed(self, message: str) -> None:
+        self._failing = True
+        self.results.put(("error", message))
+        self._close_file()  # reopen on the next row: the disk may have room again by then
+
+    def _close_file(self) -> None:
+        file, self._file = self._file, None
+        if file is not None:
+            with contextlib.suppress(OSError):  # reported already by the flush that failed
+                file.close()
+
+    def _prune(self, path: FilePath, oldest_kept: date) -> None:
+        try:
+            names = os.listdir(path.parent)
+        except OSError:
+            return  # no folder yet: nothing to delete
+        for name in sorted(names):
+            day = day_of(path, name)
+            if day is not None and day < oldest_kept:
+                try:
+                    (path.parent / name).unlink()
+                    self.results.put(("deleted", f"deleted {path.parent / name}"))
+                except OSError as exc:
+                    self.results.put(("error", f"cannot delete {path.parent / name}: "
+                                               f"{exc.strerror or exc}"))
+
+
+def _first_line(path: FilePath) -> str | None:
+    try:
+        with path.open(encoding="utf-8", newline="") as file:
+            return file.readline() or None
+    except FileNotFoundError:
+        return None
+    except UnicodeDecodeError:
+        return ""  # not a text file of ours: never append to it
+
+
+def _ends_with_newline(path: FilePath) -> bool:
+    with path.open("rb") as file:
+        file.seek(-1, os.SEEK_END)
+        return file.read(1) == b"\n"
+
+
+class DataLog(Sink):
+    """Appends the latest values of chosen signals to a daily CSV or JSON Lines file."""
+
+    type_name = "datalog"
+    summary = "log chosen signals every interval to daily CSV or JSON Lines files"
+    options = (
+        Option("path", Path(non_empty=True), REQUIRED,
+               help="log file name; each day goes to NAME-YYYY-MM-DD.EXT beside it"),
+        Option("every_secs", Number(min=1.0), 60.0,
+               help="one row every this many seconds"),
+        Option("format", Choice(("csv", "jsonl")), "csv",
+               help='"csv" (header, booleans as 1/0) or "jsonl" (one JSON object per line)'),
+        Option("keep_days", Integer(min=1), 30,
+               help="day files kept, today included; older ones of this log are deleted"),
+        Option("signals", ListOf(Text(non_empty=True), non_empty=True), DEFAULT_SIGNALS,
+               help="signals logged, one column each, in this order"),
+        Option("stale_after_secs", Number(min=0.0), 300.0,
+               help="a signal not updated for this long is logged empty (0: never)"),
+    )
+
+    @classmethod
+    def check(cls, config: Mapping[str, Any]) -> Iterable[tuple[str, str]]:
+        path = FilePath(config["path"])
+        if path.is_dir():
+            return [("path", f"{path} is a folder: name a file in it (battery.csv, say)")]
+        if len(set(config["signals"])) != len(config["signals"]):
+            return [("signals", "a signal is listed twice")]
+        if TIME_COLUMN in config["signals"]:
+            return [("signals", f'"{TIME_COLUMN}" is the timestamp column, not a signal')]
+        # Without creating anything: the nearest existing folder must let us create the rest.
+        folder = path.parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if not folder.is_dir():
+            return [("path", f"{folder} is not a folder")]
+        if not os.access(folder, os.W_OK | os.X_OK):
+            return [("path", f"cannot create files in {folder} as user id {os.getuid()}")]
+        return ()
+
+    def __init__(self, name: str, config: Mapping[str, Any], context: Any):
+        super().__init__(name, config, context)
+        self.path = FilePath(context.pipeline_dir) / config["path"]
+        self.signals: list[str] = list(config["signals"])
+        self.every_secs: float = config["every_secs"]
+        self.keep_days: int = config["keep_days"]
+        self.stale_after: float = config["stale_after_secs"]
+        self.csv = config["format"] == "csv"
+        self.latest = LatestValues()
+        self.rows = 0
+        self.last_update: float | None = None
+        self.last_row: float | None = None
+        self.failing = False
+        self.file: str | None = None
+        self._day: date | None = None
+        self._writer = _Writer(name)
+
+    def start(self) -> None:
+        self._writer.start()
+        self.clock.every(self.every_secs, self._write_row)
+
+    def on_update(self, update: Update) -> None:
+        self.latest.apply(update)
+        self.last_update = update.timestamp
+
+    def _write_row(self) -> None:
+        self._collect_results()
+        if self.last_update is None:
+            return  # nothing seen yet: an all-empty row says nothing
+        now = self.clock.now()
+        stamp = datetime.fromtimestamp(self.clock.wall_time(now)).astimezone()
+        day = stamp.date()
+        if day != self._day:
+            self._day = day
+            self._writer.prune(self.path, day - timedelta(days=self.keep_days - 1))
+        values = [self._value(name, now) for name in self.signals]
+        time_text = stamp.isoformat(timespec="seconds")
+        if self.csv:
+            header = _csv_line([TIME_COLUMN, *self.signals])
+            line = _csv_line([time_text, *(_csv_cell(v) for v in values)])
+        else:
+            header = None
+            line = json.dumps({TIME_COLUMN: time_text, **dict(zip(self.signals, values,
+                                                                  strict=True))}) + "\n"
+        self._writer.append(self.path, day, header, line)
+        self.rows += 1
+        self.last_row = now
+
+    def _value(self, name: str, now: float) -> Any:
+        updated = self.latest.updated_at(name)
+        if updated is None or (self.stale_after and now - updated > self.stale_after):
+            return None
+        value = self.latest[name]
+        return round(value, 6) if isinstance(value, float) else value
+
+    def _collect_results(self) -> None:
+        """Log and count what the writer thread reported, here on the engine thread."""
+        while True:
+            try:
+                kind, message = self._writer.results.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "error":
+                self.errors += 1
+                self.failing = True
+                self.context.limited.error("write", "%s: row lost, the pipeline goes on",
+                                           message)
+            elif kind == "ok":
+                self.failing = False
+                self.log.warning("%s", message)
+            elif kind == "opened":
+                if message != self.file:
+                    self.log.info("writing %s", message)
+                self.file = message
+            else:
+                self.log.info("%s", message)
+
+    def stop(self) -> None:
+        if not self._writer.close(STOP_TIMEOUT_SECS):
+            self.errors += 1
+            self.log.error("the last rows were not written within %g s", STOP_TIMEOUT_SECS)
+        self._collect_results()
+
+    def status(self) -> dict[str, Any]:
+        self._collect_results()
+        if self.failing:
+            state = "error"
+        elif self.last_update is None:
+            state = "waiting"
+        else:
+            state = "ok"
+        return {"state": state, "rows": self.rows, "errors": self.errors,
+                "last_seen_age": self.age(self.last_update),
+                "last_row_age": self.age(self.last_row),
+                "file": self.file}
+
+
+def _csv_line(cells: list[str]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerow(cells)
+    return buffer.getvalue()
+
+
+def _csv_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return str(value)
+
+
+@hookimpl
+def canbridge_component_types() -> list[type]:
+    return [DataLog]

@@ -1,0 +1,22 @@
+"""The README's option reference is generated from the schemas and must not drift."""
+
+from __future__ import annotations
+
+from conftest import REPO
+
+from canbridge.optiondocs import main, render
+from canbridge.registry import load_registry
+
+
+def test_the_readme_option_reference_matches_the_schemas() -> None:
+    assert main(["--check", str(REPO / "README.md")]) == 0, (
+        "README.md is out of date: run python -m canbridge.optiondocs README.md")
+
+
+def test_every_built_in_type_and_option_is_documented() -> None:
+    registry = load_registry()
+    text = render(registry)
+    for type_name, cls in registry.types.items():
+        assert f'type = "{type_name}"' in text
+        for option in cls.schema():
+            assert f"| `{option.name}` |" in text
