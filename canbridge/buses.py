@@ -23,6 +23,8 @@ FAILURES_BEFORE_REOPEN = 5
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 30.0
 SEND_TIMEOUT = 0.01
+RECV_TIMEOUT = 0.2
+"""How long a reader waits for a frame before it looks at stop and reopen requests."""
 
 
 class BusHandle:
@@ -42,6 +44,9 @@ class BusHandle:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._consecutive_failures = 0
+        self._failing = False  # in a failure episode: repeats are logged at debug level
+        self._episode_reopens = 0
+        self._told_at_max = False
         self._reopen = threading.Event()
         self.state = "closed"
         self.last_error: str | None = None
@@ -140,18 +145,29 @@ class BusHandle:
             self._send_failed(exc)
             return False
         self._consecutive_failures = 0
+        self._traffic_works()
         return True
+
+    def _traffic_works(self) -> None:
+        """A frame went out or came in: a failure episode, if any, is over."""
+        if self._failing and self.state == "ok":
+            self._failing = False
+            self._episode_reopens = 0
+            log.warning("bus %s: working again", self.name)
 
     def _send_failed(self, exc: BaseException) -> None:
         self.send_errors += 1
         self._consecutive_failures += 1
         self.last_error = str(exc) or type(exc).__name__
-        if self._consecutive_failures == 1:
+        quiet = self._failing  # one episode, however long, is told once
+        if self._consecutive_failures == 1 and not quiet:
             log.warning("bus %s: send failed: %s", self.name, self.last_error)
         if self._consecutive_failures >= FAILURES_BEFORE_REOPEN and self.state == "ok":
             self.state = "reopening"
-            log.error("bus %s: %d sends failed in a row, reopening", self.name,
-                      self._consecutive_failures)
+            self._failing = True
+            (log.debug if quiet else log.error)(
+                "bus %s: %d sends failed in a row, reopening", self.name,
+                self._consecutive_failures)
             self._reopen.set()
 
     def record(self, msg: can.Message) -> None:
@@ -173,34 +189,40 @@ class BusHandle:
             self._recorder.file.flush()
 
     def _read_loop(self, deliver: Callable[[BusHandle, can.Message], None]) -> None:
-        backoff = BACKOFF_FIRST
+        # Backoff grows across reopen cycles until traffic really flows again: a socketcan
+        # bus reopens fine while nothing on the wire acknowledges (inverter switched off).
+        backoff = 0.0
         while not self._stop.is_set():
             if self._reopen.is_set():
-                if self._try_reopen():
-                    backoff = BACKOFF_FIRST
-                else:
-                    self._stop.wait(backoff)
-                    backoff = min(backoff * 2, BACKOFF_MAX)
+                if backoff and self._stop.wait(backoff):
+                    return
+                backoff = min(max(2 * backoff, BACKOFF_FIRST), BACKOFF_MAX)
+                self._try_reopen(at_max=backoff == BACKOFF_MAX)
                 continue
+            if backoff and not self._failing:
+                backoff = 0.0
             bus = self._bus
             if bus is None:
                 self._reopen.set()
                 continue
             try:
-                msg = bus.recv(timeout=0.2)
+                msg = bus.recv(timeout=RECV_TIMEOUT)
             except Exception as exc:
                 if self._stop.is_set():
                     return
                 self.last_error = str(exc) or type(exc).__name__
-                log.error("bus %s: receive failed (%s), reopening", self.name, self.last_error)
+                (log.debug if self._failing else log.error)(
+                    "bus %s: receive failed (%s), reopening", self.name, self.last_error)
+                self._failing = True
                 self.state = "reopening"
                 self._reopen.set()
                 continue
             if msg is not None:
+                self._traffic_works()
                 self.frames_in += 1
                 deliver(self, msg)
 
-    def _try_reopen(self) -> bool:
+    def _try_reopen(self, *, at_max: bool) -> None:
         with self._lock:
             if self._bus is not None:
                 self._shutdown_bus(self._bus)
@@ -209,13 +231,19 @@ class BusHandle:
                 self._bus = self._opener()
             except Exception as exc:
                 self.last_error = str(exc) or type(exc).__name__
-                return False
+                if at_max and not self._told_at_max:
+                    self._told_at_max = True
+                    log.error("bus %s: still cannot open (%s); retrying every %g s",
+                              self.name, self.last_error, BACKOFF_MAX)
+                return
             self.reopens += 1
+            self._episode_reopens += 1
             self._consecutive_failures = 0
+            self._told_at_max = False
             self.state = "ok"
             self._reopen.clear()
-        log.warning("bus %s: reopened", self.name)
-        return True
+        (log.warning if self._episode_reopens == 1 else log.debug)("bus %s: reopened",
+                                                                   self.name)
 
     def status(self) -> dict[str, Any]:
         return {

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from canbridge.schema import Inputs, Option, Text
+from canbridge.schema import Inputs, Option, OptionError, Text
 from canbridge.signals import Update
 
 if TYPE_CHECKING:
@@ -101,8 +101,9 @@ class Component:
         return cls.options
 
     @classmethod
-    def check(cls, config: Mapping[str, Any]) -> Iterable[tuple[str, str]]:
-        """Checks across options, after each passed its own: (key, problem) pairs."""
+    def check(cls, config: Mapping[str, Any]) -> Iterable[tuple[str, str] | OptionError]:
+        """Checks across options, after each passed its own: (key, problem) pairs, or an
+        `OptionError(key, message, warning=True)` for something allowed but unwise."""
         return ()
 
     def start(self) -> None:

@@ -338,8 +338,12 @@ def _check_components(sections: dict[str, dict[str, dict[str, Any]]], registry: 
             _resolve_paths(options, values, folder)
             if not errors:
                 try:
-                    for key, message in cls.check(values):
-                        out.add([*path, key], message)
+                    for problem in cls.check(values):
+                        if isinstance(problem, OptionError):
+                            out.add([*path, problem.key], problem.message,
+                                    warning=problem.warning)
+                        else:
+                            out.add([*path, problem[0]], problem[1])
                 except Exception as exc:  # a plugin's own check must not crash validation
                     out.add(path, f"the \"{type_name}\" plugin failed to check its options: "
                             f"{exc!r}")

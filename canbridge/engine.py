@@ -174,7 +174,8 @@ class Engine:
         def tagged(bus: ReplayBus) -> Iterator[tuple[float, int, ReplayBus, can.Message]]:
             return ((m.timestamp, next(counter), bus, m) for m in bus.timeline())
 
-        return heapq.merge(*(tagged(bus) for bus in replays if bus.full_speed))
+        streams = [tagged(bus) for bus in replays if bus.full_speed]
+        return streams[0] if len(streams) == 1 else heapq.merge(*streams)  # merge costs ~1 µs
 
     def _run_virtual(self, first: tuple[float, int, ReplayBus, can.Message] | None,
                      merged: Iterator[tuple[float, int, ReplayBus, can.Message]]) -> None:

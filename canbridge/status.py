@@ -37,6 +37,7 @@ STATUS_OPTIONS: tuple[Option, ...] = (
     Option("every_secs", Number(min=0.1), default=2.0,
            help="how often the status file is rewritten, in seconds"),
 )
+_DEFAULT_EVERY_SECS: float = {o.name: o.default for o in STATUS_OPTIONS}["every_secs"]
 
 
 def default_status_path() -> FilePath:
@@ -87,7 +88,7 @@ def _pipeline_status_file(pipeline: str) -> FilePath | None:
         return None
     if not isinstance(value, str) or not value:
         raise ValueError("[status] file: expected a path")
-    return source.parent / value
+    return source.parent / os.path.expanduser(value)  # as the config loader reads it
 
 
 def status_command(file: str | None, pipeline: str | None, as_json: bool,
@@ -147,7 +148,7 @@ def health_problems(doc: Mapping[str, Any], now: float, path: FilePath | str) ->
         when = f" at {_clock_time(written)}" if written is not None else ""
         return [f"canbridge is not running: pipeline {doc.get('pipeline', '?')} "
                 f"stopped{when}"]
-    every = _number(doc.get("every_secs")) or 2.0
+    every = _number(doc.get("every_secs")) or _DEFAULT_EVERY_SECS
     limit = max(3 * every, MIN_STALE_SECS)
     if written is None:
         return [f"status file {path} has no written_at time"]
@@ -155,6 +156,10 @@ def health_problems(doc: Mapping[str, Any], now: float, path: FilePath | str) ->
     if age > limit:
         return [f"status file {path} was last written {_age(age)} ago (every {every:g} s "
                 f"expected): canbridge (pid {doc.get('pid', '?')}) is stuck or down"]
+    pid = doc.get("pid")
+    if isinstance(pid, int) and not _process_exists(pid):
+        return [f"canbridge (pid {pid}) is not running: it ended without writing "
+                f"its final status (killed or crashed)"]
     problems = []
     for name, status in _tables(doc.get("components")):
         state = status.get("state")
@@ -166,6 +171,16 @@ def health_problems(doc: Mapping[str, Any], now: float, path: FilePath | str) ->
             error = status.get("last_error")
             problems.append(f"bus {name} is {state}" + (f" ({error})" if error else ""))
     return problems
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, run by another user (the service account)
+    return True
 
 
 # -- the report -------------------------------------------------------------------------

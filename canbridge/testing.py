@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from canbridge.buses import BusHandle
 from canbridge.clock import Clock
 from canbridge.component import Component, Context
-from canbridge.schema import apply_schema
+from canbridge.schema import OptionError, apply_schema
 from canbridge.signals import Update
 
 C = TypeVar("C", bound=Component)
@@ -30,7 +30,11 @@ def build(cls: type[C], options: Mapping[str, Any], *, name: str = "under_test",
     values, problems = apply_schema(cls.schema(), dict(options))
     messages = [f"{p.key}: {p.message}" for p in problems]
     if not problems:
-        messages += [f"{key}: {message}" for key, message in cls.check(values)]
+        for problem in cls.check(values):
+            if not isinstance(problem, OptionError):
+                messages.append(f"{problem[0]}: {problem[1]}")
+            elif not problem.warning:
+                messages.append(f"{problem.key}: {problem.message}")
     if messages:
         raise ValueError("; ".join(messages))
     ctx = Context(name=name, clock=clock or Clock(virtual=True),

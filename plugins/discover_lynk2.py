@@ -41,15 +41,58 @@ MAX_LISTED_UNKNOWN = 16
 Values = dict[str, Value]
 
 
-class _Frame:
-    """One DBC message, prepared once: what to round, what to range-check, how to convert."""
+class _Decoder:
+    """Decodes one DBC message as `Message.decode(data, decode_choices=False)` does, with the
+    layout read from the DBC once: a few times faster per frame than cantools' generic path
+    (a day is 475 000 frames). Only plain little-endian integer signals take this path;
+    any other message is decoded by cantools itself."""
 
-    __slots__ = ("checks", "convert", "length", "message", "rounding")
+    __slots__ = ("fields",)
+
+    def __init__(self, message: Message):
+        self.fields = tuple(_field(signal) for signal in message.signals)
+
+    @staticmethod
+    def supports(message: Message) -> bool:
+        return not message.is_multiplexed() and not message.is_container and all(
+            s.byte_order == "little_endian" and not s.is_float for s in message.signals)
+
+    def __call__(self, data: bytes | bytearray) -> dict[str, Any]:
+        bits = int.from_bytes(data, "little")
+        values: dict[str, Any] = {}
+        for name, shift, mask, sign, scale, offset in self.fields:
+            raw = (bits >> shift) & mask
+            if raw & sign:
+                raw -= sign << 1
+            values[name] = raw if scale is None else raw * scale + offset
+        return values
+
+
+def _field(signal: Signal) -> tuple[str, int, int, int, Any, Any]:
+    """(name, shift, mask, sign bit or 0, scale, offset) with cantools' arithmetic: an int
+    for scale 1 / offset 0 (scale None here) and for integral ones, else a float."""
+    sign = 1 << (signal.length - 1) if signal.is_signed else 0
+    scale, offset = signal.scale, signal.offset
+    if scale == 1 and offset == 0:
+        scale = offset = None
+    elif float(scale).is_integer() and float(offset).is_integer():
+        scale, offset = int(scale), int(offset)
+    return signal.name, signal.start, (1 << signal.length) - 1, sign, scale, offset
+
+
+class _Frame:
+    """One DBC message, prepared once: how to decode, what to round, what to range-check,
+    how to convert."""
+
+    __slots__ = ("checks", "convert", "decode", "length", "message", "rounding")
 
     def __init__(self, message: Message, convert: Callable[[dict[str, Any]], Values | None]):
         self.message = message
         self.length = message.length
         self.convert = convert
+        self.decode: Callable[[bytes | bytearray], dict[str, Any]] = (
+            _Decoder(message) if _Decoder.supports(message)
+            else lambda data: message.decode(data, decode_choices=False))
         self.rounding = [(s.name, _decimals(s.scale)) for s in message.signals
                          if not float(s.scale).is_integer()]
         self.checks = [(s.name, s.minimum, s.maximum) for s in message.signals
@@ -147,7 +190,7 @@ class DiscoverLynk2(Source):
         if problem is not None:
             self._malformed(msg.arbitration_id, problem)
             return
-        values = frame.message.decode(data, decode_choices=False)
+        values = frame.decode(data)
         for name, digits in frame.rounding:
             values[name] = round(values[name], digits)
         for name, low, high in frame.checks:

@@ -66,6 +66,7 @@ def flaky_opener(channel: str, faults: Faults) -> Callable[[], can.BusABC]:
 def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(buses_module, "BACKOFF_FIRST", BACKOFF_FIRST)
     monkeypatch.setattr(buses_module, "BACKOFF_MAX", BACKOFF_MAX)
+    monkeypatch.setattr(buses_module, "RECV_TIMEOUT", 0.002)  # gaps are then the backoff
 
 
 class Received:
@@ -175,10 +176,13 @@ def test_failing_sends_are_counted_then_the_bus_is_reopened_with_backoff(
     assert inverter.status() == {"state": "ok", "frames_in": 1, "frames_out": 2,
                                  "frames_suppressed": 0, "send_errors": 6, "reopens": 1,
                                  "last_error": "No such device"}
+    # One episode, told once: no line per retry.
     assert caplog.messages == [
         "bus inverter: send failed: No buffer space available",
         "bus inverter: 5 sends failed in a row, reopening",
+        "bus inverter: still cannot open (No such device); retrying every 0.08 s",
         "bus inverter: reopened",
+        "bus inverter: working again",
     ]
 
 
@@ -214,7 +218,37 @@ def test_a_receive_failure_reopens_the_bus(
     inverter_peer.send(frame(0x305, 1))
     assert received.next() == ("inverter", 0x305, b"\x01")
     assert caplog.messages == ["bus inverter: receive failed (Network is down), reopening",
-                               "bus inverter: reopened"]
+                               "bus inverter: reopened", "bus inverter: working again"]
+
+
+def test_a_bus_that_opens_but_cannot_send_backs_off_and_logs_once(
+        rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    """The inverter is switched off: socketcan opens fine, but no frame is acknowledged."""
+    inverter, faults = rig.inverter, rig.faults
+    caplog.set_level(logging.DEBUG, logger="canbridge.bus")
+    faults.sends_fail.set()
+    reopen_times = []
+    deadline = time.monotonic() + 5
+    while len(reopen_times) < 5 and time.monotonic() < deadline:
+        if inverter.state == "ok":
+            seen = inverter.reopens
+            for _ in range(buses_module.FAILURES_BEFORE_REOPEN):
+                inverter.send(frame(0x351))
+            wait_until(lambda seen=seen: inverter.reopens > seen)
+            reopen_times.append(time.monotonic())
+        time.sleep(0.001)
+    gaps = [later - earlier for earlier, later in itertools.pairwise(reopen_times)]
+    # The reopens succeed, yet the backoff keeps growing until traffic flows again.
+    assert all(gap >= want * 0.95 for gap, want in
+               zip(gaps, [BACKOFF_FIRST, 2 * BACKOFF_FIRST, BACKOFF_MAX, BACKOFF_MAX],
+                   strict=True)), gaps
+    loud = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert loud == ["bus inverter: send failed: No buffer space available",
+                    "bus inverter: 5 sends failed in a row, reopening",
+                    "bus inverter: reopened"]
+    faults.sends_fail.clear()
+    assert inverter.send(frame(0x351, 1)) is True
+    assert caplog.records[-1].getMessage() == "bus inverter: working again"
 
 
 def test_a_bus_missing_at_start_is_opened_when_it_appears(channel: str) -> None:

@@ -190,3 +190,13 @@ def test_relative_paths_are_taken_from_the_pipeline_folder(
     code, _, out = validate(tmp_path, text, capsys, command="config")
     assert code == 0
     assert tomllib.loads(out)["buses"]["inverter"]["record"] == str(tmp_path.resolve() / "x.log")
+
+
+def test_a_component_can_warn_about_an_allowed_but_unwise_option(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = GOOD + ('\n[sinks.mqtt]\ntype = "mqtt"\ninputs = ["tag"]\nusername = "me"\n'
+                   'password = "secret"\n')
+    code, err, _ = validate(tmp_path, text, capsys)
+    assert code == 0
+    assert err == ["P:26: sinks.mqtt.password: warning: written in the pipeline file; "
+                   "prefer password_file"]

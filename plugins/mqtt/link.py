@@ -1,0 +1,267 @@
+"""The broker connection, kept off the engine thread.
+
+paho's network thread connects (the broker may boot after the Pi), reconnects with backoff
+forever and runs the callbacks. The engine thread only drops messages into an outbox, where a
+newer payload for a topic replaces one not sent yet, so a slow or absent broker costs the CAN
+path nothing and memory stays bounded. A publisher thread drains the outbox while connected.
+"Sticky" messages (discovery configs, the latest state) are sent again after every
+(re)connection, since a restarted broker may have forgotten them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+
+KEEPALIVE_SECS = 30
+RECONNECT_MIN_SECS = 0.5
+RECONNECT_MAX_SECS = 30
+MAX_QUEUED = 500  # paho's own queue of QoS>0 messages awaiting a connection or an ack
+CLOSE_TIMEOUT_SECS = 2.0
+AUTH_REFUSALS = {"Bad user name or password", "Not authorized"}
+
+
+@dataclass(frozen=True)
+class Message:
+    topic: str
+    payload: str
+    retain: bool
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str
+    port: int
+    client_id: str
+    qos: int
+    status_topic: str
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class _Client(mqtt.Client):
+    """paho's client, remembering why the last connection attempt failed (paho's
+    on_connect_fail callback does not say: refused, timed out, certificate rejected...)."""
+
+    last_connect_error: OSError | None = None
+
+    def reconnect(self) -> MQTTErrorCode:
+        try:
+            return super().reconnect()
+        except OSError as exc:
+            self.last_connect_error = exc
+            raise
+
+
+class Link:
+    """One MQTT client: availability, an outbox, reconnection and its counters."""
+
+    def __init__(self, settings: Settings, log: logging.Logger):
+        self.settings = settings
+        self.log = log
+        self.state = "connecting"
+        self.published = 0
+        self.dropped = 0
+        self.errors = 0
+        self.last_error: str | None = None
+        self._cond = threading.Condition()
+        self._pending: dict[str, Message] = {}
+        self._sticky: dict[str, Message] = {}
+        self._connected = False
+        self._stopping = False
+        self._last_event: str | None = None
+        self._handlers: dict[str, Callable[[bytes], None]] = {}
+        self._client = self._make_client()
+        self._publisher = threading.Thread(target=self._publish_loop, daemon=True,
+                                           name=f"mqtt-{settings.client_id}")
+
+    def _make_client(self) -> _Client:
+        s = self.settings
+        client = _Client(CallbackAPIVersion.VERSION2, client_id=s.client_id,
+                         protocol=mqtt.MQTTv311, clean_session=True)
+        client.reconnect_delay_set(RECONNECT_MIN_SECS, RECONNECT_MAX_SECS)
+        client.max_queued_messages_set(MAX_QUEUED)
+        client.will_set(s.status_topic, "offline", qos=s.qos, retain=True)
+        if s.username is not None:
+            client.username_pw_set(s.username, s.password)
+        if s.tls:
+            client.tls_set(ca_certs=s.ca_file, certfile=s.cert_file, keyfile=s.key_file)
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        return client
+
+    # -- engine thread ------------------------------------------------------------------
+
+    def subscribe(self, topic: str, handler: Callable[[bytes], None]) -> None:
+        """Call `handler(payload)` (on paho's thread) for messages on `topic`; before start."""
+        self._handlers[topic] = handler
+
+    def start(self) -> None:
+        """Begin connecting in the background; returns at once."""
+        self._client.connect_async(self.settings.host, self.settings.port, KEEPALIVE_SECS)
+        self._client.loop_start()
+        self._publisher.start()
+
+    def publish(self, topic: str, payload: str, *, retain: bool = False,
+                sticky: bool = False) -> None:
+        """Queue `payload` for `topic`, replacing an unsent one; never waits on the network."""
+        message = Message(topic, payload, retain)
+        with self._cond:
+            if topic in self._pending:
+                self.dropped += 1
+            self._pending[topic] = message
+            if sticky:
+                self._sticky[topic] = message
+            self._cond.notify()
+
+    def republish(self) -> None:
+        """Queue every sticky message again (Home Assistant restarted, say)."""
+        with self._cond:
+            self._pending.update(self._sticky)
+            self._cond.notify()
+
+    def close(self) -> None:
+        """Flush, say `offline` (a clean disconnect sends no last will) and disconnect."""
+        with self._cond:
+            if self._stopping:
+                return
+            self._stopping = True
+            self._cond.notify()
+        if self._publisher.is_alive():
+            self._publisher.join()
+        if self._connected:
+            with self._cond:
+                batch = self._take()
+            for message in batch:
+                self._send(message)
+            info = self._client.publish(self.settings.status_topic, "offline",
+                                        qos=self.settings.qos, retain=True)
+            try:
+                info.wait_for_publish(CLOSE_TIMEOUT_SECS)
+            except (RuntimeError, ValueError) as exc:
+                self._error(f"could not publish offline: {exc}")
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._connected = False
+        self.state = "disconnected"
+
+    def status(self) -> dict[str, Any]:
+        with self._cond:
+            return {"state": self.state, "published": self.published, "dropped": self.dropped,
+                    "errors": self.errors, "last_error": self.last_error}
+
+    # -- publisher thread -----------------------------------------------------------------
+
+    def _publish_loop(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(
+                    lambda: self._stopping or (self._connected and bool(self._pending)))
+                if self._stopping:
+                    return
+                batch = self._take()
+            for message in batch:
+                self._send(message)
+
+    def _take(self) -> list[Message]:
+        """Everything pending, retained messages (availability, discovery) before data."""
+        batch = sorted(self._pending.values(), key=lambda message: not message.retain)
+        self._pending.clear()
+        return batch
+
+    def _send(self, message: Message) -> None:
+        qos = self.settings.qos
+        rc = self._client.publish(message.topic, message.payload, qos=qos,
+                                  retain=message.retain).rc
+        if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            return
+        if rc == MQTTErrorCode.MQTT_ERR_NO_CONN and qos > 0:
+            return  # paho keeps it and sends it once reconnected
+        with self._cond:
+            self.dropped += 1
+        if rc != MQTTErrorCode.MQTT_ERR_NO_CONN:
+            self._error(f"publish to {message.topic} failed: {mqtt.error_string(rc)}")
+
+    # -- paho's network thread ------------------------------------------------------------
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any,
+                    reason: Any, properties: Any) -> None:
+        address = self.settings.address
+        if reason.is_failure:
+            hint = " (check username and password)" if str(reason) in AUTH_REFUSALS else ""
+            self._error(f"broker {address} refused the connection: {reason}")
+            self._event(f"refused {reason}", logging.ERROR,
+                        "MQTT broker %s refused the connection: %s%s; retrying",
+                        address, reason, hint)
+            return
+        client.publish(self.settings.status_topic, "online", qos=self.settings.qos, retain=True)
+        for topic in self._handlers:
+            client.subscribe(topic, qos=self.settings.qos)
+        with self._cond:
+            self._connected = True
+            self.state = "connected"
+            self._pending.update(self._sticky)
+            self._cond.notify()
+        self._event("connected", logging.INFO, "connected to MQTT broker %s", address)
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        reason = self._client.last_connect_error or "no reason given"
+        address = self.settings.address
+        self._error(f"cannot reach broker {address}: {reason}")
+        self._event(f"unreachable {reason}", logging.WARNING,
+                    "cannot reach MQTT broker %s: %s; retrying with backoff", address, reason)
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any,
+                       reason: Any, properties: Any) -> None:
+        with self._cond:
+            was_connected, self._connected = self._connected, False
+            if self._stopping:
+                return
+            self.state = "disconnected"
+        if was_connected:
+            self._error(f"connection to broker lost: {reason}")
+            self._event("lost", logging.WARNING, "lost connection to MQTT broker %s (%s); "
+                        "reconnecting", self.settings.address, reason)
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int,
+                    reason: Any, properties: Any) -> None:
+        with self._cond:
+            self.published += 1
+
+    def _on_message(self, client: mqtt.Client, userdata: Any,
+                    message: mqtt.MQTTMessage) -> None:
+        handler = self._handlers.get(message.topic)
+        if handler is not None:
+            handler(message.payload)
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _error(self, text: str) -> None:
+        with self._cond:
+            self.errors += 1
+            self.last_error = text
+            if not self._connected and not self._stopping:
+                self.state = "disconnected"
+
+    def _event(self, kind: str, level: int, message: str, *args: Any) -> None:
+        """Log a connection change once, not once per retry."""
+        if kind != self._last_event:
+            self._last_event = kind
+            self.log.log(level, message, *args)

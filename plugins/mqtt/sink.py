@@ -1,0 +1,235 @@
+"""The `mqtt` sink: battery signals and pipeline health to MQTT, announced to Home Assistant.
+
+Topics (PREFIX = topic_prefix, NODE = node_id):
+- PREFIX/NODE/state: one JSON object, every latest signal by name plus `health`, sent every
+  `publish_every_secs` and at once when an alarm turns on or off.
+- PREFIX/NODE/status: retained `online`, `offline` on a clean stop and as the last will.
+- DISCOVERY/sensor|binary_sensor/NODE/SIGNAL/config: retained, one per signal once it has
+  been seen, sent again whenever Home Assistant announces `online` on DISCOVERY/status.
+- `legacy_topic`: the earlier Discover-to-Pylontech program's JSON object, for old dashboards.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path as FilePath
+from typing import Any
+
+from canbridge import (
+    Choice,
+    Flag,
+    Integer,
+    LatestValues,
+    Number,
+    Option,
+    OptionError,
+    Path,
+    Sink,
+    Text,
+    Update,
+    Value,
+)
+
+from .homeassistant import device_block, discovery_config
+from .legacy import legacy_payload
+from .link import Link, Settings
+
+NODE_ID = re.compile(r"[A-Za-z0-9_-]+")
+IDENTITY = ("manufacturer", "model")
+
+
+def _json_value(value: Value) -> Value | None:
+    """Floats rounded to hide binary noise (55.900000000000006); non-finite ones dropped."""
+    if isinstance(value, float):
+        return round(value, 3) if math.isfinite(value) else None
+    return value
+
+
+def _bad_topic(topic: str) -> str | None:
+    if not topic or topic.startswith("/") or topic.endswith("/"):
+        return "must be a topic without a leading or trailing /"
+    if "+" in topic or "#" in topic:
+        return "must not contain the wildcards + or #"
+    return None
+
+
+class MqttSink(Sink):
+    type_name = "mqtt"
+    summary = "publish signals and health to an MQTT broker, with Home Assistant discovery"
+    options = (
+        Option("host", Text(non_empty=True), "localhost", "MQTT broker host name or address"),
+        Option("port", Integer(1, 65535), 1883, "MQTT broker TCP port (8883 is usual with TLS)"),
+        Option("client_id", Text(), None, 'MQTT client id (unset: "canbridge-NODE")'),
+        Option("username", Text(), None, "user name, if the broker wants one"),
+        Option("password_file", Path(), None, "file whose first line is the password"),
+        Option("password", Text(), None,
+               "password in the pipeline file itself (prefer password_file)"),
+        Option("tls", Flag(), False, "connect with TLS"),
+        Option("ca_file", Path(), None, "CA certificates for TLS (unset: the system's)"),
+        Option("cert_file", Path(), None, "client certificate for TLS, if the broker wants one"),
+        Option("key_file", Path(), None, "private key of cert_file"),
+        Option("topic_prefix", Text(), "canbridge", "first level of every canbridge topic"),
+        Option("node_id", Text(), None,
+               "second topic level and Home Assistant device id (unset: the pipeline name)"),
+        Option("publish_every_secs", Number(min=0, min_exclusive=True), 5.0,
+               "seconds between state messages"),
+        Option("qos", Choice((0, 1, 2)), 1, "MQTT quality of service of every message"),
+        Option("discovery", Flag(), True, "announce every signal to Home Assistant"),
+        Option("discovery_prefix", Text(), "homeassistant",
+               "Home Assistant's MQTT discovery prefix"),
+        Option("legacy_topic", Text(), None,
+               'also publish the old Discover-to-Pylontech JSON here (e.g. "DiscoverStorage")'),
+    )
+
+    @classmethod
+    def check(cls, config: Mapping[str, Any]) -> Iterable[tuple[str, str] | OptionError]:
+        for key in ("topic_prefix", "discovery_prefix", "legacy_topic"):
+            problem = config[key] is not None and _bad_topic(config[key])
+            if problem:
+                yield key, problem
+        node_id = config["node_id"]
+        if node_id is not None and not NODE_ID.fullmatch(node_id):
+            yield "node_id", "may hold only letters, digits, _ and -"
+        if config["password"] is not None and config["password_file"] is not None:
+            yield "password", "give password or password_file, not both"
+        if config["username"] is None:
+            for key in ("password", "password_file"):
+                if config[key] is not None:
+                    yield key, "needs username"
+        if not config["tls"]:
+            for key in ("ca_file", "cert_file", "key_file"):
+                if config[key] is not None:
+                    yield key, "needs tls = true"
+        if config["key_file"] is not None and config["cert_file"] is None:
+            yield "key_file", "needs cert_file"
+        if config["password"] is not None:
+            yield OptionError("password", "written in the pipeline file; prefer password_file",
+                              warning=True)
+
+    def __init__(self, name: str, config: Mapping[str, Any], context: Any):
+        super().__init__(name, config, context)
+        cfg = self.config
+        self.node_id = cfg["node_id"] or re.sub(r"[^A-Za-z0-9_-]", "_", context.pipeline_name)
+        base = f"{cfg['topic_prefix']}/{self.node_id}"
+        self.state_topic = f"{base}/state"
+        self.status_topic = f"{base}/status"
+        self.latest = LatestValues()
+        self.announced: set[str] = set()
+        self.link: Link | None = None
+        self.setup_error: str | None = None
+        self._timer: Any = None
+
+    # -- life cycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        cfg = self.config
+        if cfg["password"] is not None:
+            self.log.warning("%s: password is written in the pipeline file; prefer "
+                             "password_file", self.name)
+        try:
+            settings = Settings(
+                host=cfg["host"], port=cfg["port"],
+                client_id=cfg["client_id"] or f"canbridge-{self.node_id}", qos=cfg["qos"],
+                status_topic=self.status_topic, username=cfg["username"],
+                password=self._password(), tls=cfg["tls"], ca_file=self._path("ca_file"),
+                cert_file=self._path("cert_file"), key_file=self._path("key_file"))
+            self.link = Link(settings, self.log)
+        except (OSError, ValueError) as exc:
+            self.setup_error = str(exc)
+            self.errors += 1
+            self.log.error("%s: cannot set up MQTT: %s", self.name, exc)
+            return
+        if cfg["discovery"]:
+            self.link.subscribe(f"{cfg['discovery_prefix']}/status", self._on_ha_status)
+        self.link.start()
+        self._timer = self.clock.every(cfg["publish_every_secs"], self.publish_state)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.link is not None:
+            self.publish_state()
+            self.link.close()
+
+    def _path(self, key: str) -> str | None:
+        value = self.config[key]
+        if value is None:
+            return None
+        return str(FilePath(self.context.pipeline_dir) / value)
+
+    def _password(self) -> str | None:
+        path = self._path("password_file")
+        if path is None:
+            return self.config["password"]
+        lines = FilePath(path).read_text().splitlines()
+        return lines[0] if lines else ""
+
+    # -- engine thread ----------------------------------------------------------------------
+
+    def on_update(self, update: Update) -> None:
+        latest = self.latest
+        values = update.values
+        alarm_changed = any(
+            name.startswith("alarm_") and bool(latest.get(name, False)) != bool(value)
+            for name, value in values.items())
+        identity_changed = any(name in IDENTITY and latest.get(name) != values[name]
+                               for name in values)
+        latest.apply(update)
+        if self.link is None:
+            return
+        if self.config["discovery"]:
+            new = [name for name in values if name not in self.announced]
+            self._announce(list(latest) if identity_changed else new)
+        if alarm_changed:
+            self.publish_state()
+
+    def _announce(self, names: list[str]) -> None:
+        """Publish (retained) the discovery config of each of `names`."""
+        if not names or self.link is None:
+            return
+        cfg = self.config
+        device = device_block(self.node_id, self.latest.get("manufacturer"),
+                              self.latest.get("model"))
+        for name in names:
+            topic, config = discovery_config(
+                name, self.latest[name], node_id=self.node_id,
+                discovery_prefix=cfg["discovery_prefix"], state_topic=self.state_topic,
+                availability_topic=self.status_topic, device=device)
+            self.link.publish(topic, json.dumps(config), retain=True, sticky=True)
+            self.announced.add(name)
+
+    def publish_state(self) -> None:
+        """Queue the state object (and the legacy one); the latest queued wins."""
+        if self.link is None:
+            return
+        values = self.latest.snapshot()
+        state: dict[str, Any] = {}
+        for name, value in values.items():
+            clean = _json_value(value)
+            if clean is not None:
+                state[name] = clean
+        state["health"] = self.context.health()
+        self.link.publish(self.state_topic, json.dumps(state, default=str), sticky=True)
+        legacy_topic = self.config["legacy_topic"]
+        if legacy_topic is not None and values:
+            self.link.publish(legacy_topic, json.dumps(legacy_payload(values)), sticky=True)
+
+    def _on_ha_status(self, payload: bytes) -> None:
+        """Home Assistant (re)started: announce everything again, in case the broker lost
+        the retained configs meanwhile (runs on paho's thread)."""
+        if payload.strip() == b"online" and self.link is not None:
+            self.link.republish()
+
+    def status(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"broker": f"{self.config['host']}:{self.config['port']}",
+                               "announced": len(self.announced)}
+        if self.link is None:
+            out.update(state="error", published=0, dropped=0, errors=self.errors,
+                       last_error=self.setup_error)
+        else:
+            out.update(self.link.status())
+            out["errors"] += self.errors
+        return out

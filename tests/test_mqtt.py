@@ -1,0 +1,327 @@
+"""The mqtt sink against a real mosquitto on 127.0.0.1 and a real subscribing paho client."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from broker import Mosquitto, Received, Subscriber, mosquitto_fixture
+from canbridge_plugins.mqtt import MqttSink
+
+import canbridge
+from canbridge import Clock, Update
+from canbridge.testing import build, run_timers
+
+broker = mosquitto_fixture()
+late_broker = mosquitto_fixture(start=False)
+secure_broker = mosquitto_fixture(users={"canbridge": "s3cret"})
+
+# What the discover-lynk2 source decodes from the first second of lynk2-sample.log.
+LIMITS = {"charge_voltage_limit": 55.900000000000006, "charge_current_limit": 282.0,
+          "discharge_current_limit": 282.0, "discharge_voltage_limit": 43.2}
+MEASURED = {"soc": 72, "soh": 100, "capacity_nominal": 300, "capacity_remaining": 216,
+            "voltage": 53.5, "current": 0.4, "temperature": 28.0}
+FLAGS = {"alarm_general": False, "alarm_high_voltage": False, "warning_high_voltage": False}
+IDENTITY = {"manufacturer": "DISCOVER", "model": "Discover AES",
+            "firmware_version": "2.1.0.0", "protocol_version": "1"}
+HEALTH = {"lynk": {"state": "ok", "frames_in": 15, "errors": 0, "last_seen_age": 0.2},
+          "inverter": {"state": "ok", "frames_out": 6, "safety": "normal",
+                       "inverter_alive": True}}
+
+STATE = "canbridge/battery/state"
+STATUS = "canbridge/battery/status"
+VOLTAGE_CONFIG = "homeassistant/sensor/battery/voltage/config"
+DEVICE = {"identifiers": ["canbridge_battery"], "name": "battery",
+          "sw_version": canbridge.__version__, "manufacturer": "DISCOVER",
+          "model": "Discover AES"}
+ORIGIN = {"name": "canbridge", "sw_version": canbridge.__version__}
+
+
+@pytest.fixture
+def make_sink() -> Iterator[Callable[..., MqttSink]]:
+    """Build started sinks on a virtual clock (the network is real); stop them afterwards."""
+    sinks: list[MqttSink] = []
+
+    def make(server: Mosquitto, clock: Clock, **options: Any) -> MqttSink:
+        context = {"health": lambda: HEALTH, **options.pop("context", {})}
+        sink = build(MqttSink, {"inputs": ["lynk"], "host": server.host, "port": server.port,
+                                **options}, name="mqtt", clock=clock, **context)
+        sinks.append(sink)
+        return sink
+
+    yield make
+    for sink in sinks:
+        sink.stop()
+
+
+def tick(clock: Clock, secs: float = 5.0) -> None:
+    clock.advance_to(clock.now() + secs)
+    run_timers(clock)
+
+
+def wait_for_state(sub: Subscriber, clock: Clock, after: int, timeout: float = 5.0) -> Received:
+    """Tick the publish timer until a state message newer than `after` arrives."""
+    deadline = time.monotonic() + timeout
+    while True:
+        tick(clock)
+        try:
+            return sub.wait(STATE, after=after, timeout=0.25)
+        except TimeoutError:
+            if time.monotonic() > deadline:
+                raise
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met in time")
+        time.sleep(0.02)
+
+
+def test_discovery_state_availability_and_clean_stop(broker, make_sink):
+    clock = Clock(virtual=True, start=1000.0)
+    with Subscriber(broker) as sub:
+        sink = make_sink(broker, clock)
+        assert sub.wait(STATUS).payload == b"online"
+        sink.on_update(Update(1000.0, {**LIMITS, **MEASURED, **FLAGS}))
+        plain = sub.wait(VOLTAGE_CONFIG).json()
+        assert plain["device"] == {"identifiers": ["canbridge_battery"], "name": "battery",
+                                   "sw_version": canbridge.__version__}
+        # identification arrives later (every 10 s): every config is sent again with it
+        sink.on_update(Update(1000.5, IDENTITY))
+        config = sub.wait(VOLTAGE_CONFIG, lambda m: "manufacturer" in m.json()["device"]).json()
+        assert config == {
+            "unique_id": "canbridge_battery_voltage", "name": "Voltage",
+            "state_topic": STATE, "availability_topic": STATUS,
+            "value_template": "{{ value_json.voltage }}", "unit_of_measurement": "V",
+            "device_class": "voltage", "state_class": "measurement",
+            "device": DEVICE, "origin": ORIGIN}
+        alarm = sub.wait("homeassistant/binary_sensor/battery/alarm_high_voltage/config",
+                         lambda m: "manufacturer" in m.json()["device"]).json()
+        assert alarm == {
+            "unique_id": "canbridge_battery_alarm_high_voltage", "name": "Alarm high voltage",
+            "state_topic": STATE, "availability_topic": STATUS,
+            "value_template": "{{ 'ON' if value_json.alarm_high_voltage else 'OFF' }}",
+            "payload_on": "ON", "payload_off": "OFF", "device_class": "problem",
+            "device": DEVICE, "origin": ORIGIN}
+        text = sub.wait("homeassistant/sensor/battery/manufacturer/config").json()
+        assert "unit_of_measurement" not in text and "state_class" not in text
+        assert text["entity_category"] == "diagnostic"
+        units = {name: sub.wait(f"homeassistant/sensor/battery/{name}/config").json()
+                 for name in ("soc", "soh", "current", "temperature", "capacity_remaining")}
+        assert {name: (c["unit_of_measurement"], c.get("device_class"), c["state_class"])
+                for name, c in units.items()} == {
+            "soc": ("%", "battery", "measurement"), "soh": ("%", None, "measurement"),
+            "current": ("A", "current", "measurement"),
+            "temperature": ("°C", "temperature", "measurement"),
+            "capacity_remaining": ("Ah", None, "measurement")}
+
+        assert sub.received(STATE) == []
+        tick(clock)  # publish_every_secs = 5
+        state_message = sub.wait(STATE)
+        assert b'"charge_voltage_limit": 55.9,' in state_message.payload
+        state = state_message.json()
+        assert state == {**LIMITS, "charge_voltage_limit": 55.9, **MEASURED, **FLAGS,
+                         **IDENTITY, "health": HEALTH}
+        assert type(state["soc"]) is int and type(state["voltage"]) is float
+        assert state["alarm_general"] is False
+
+        # an alarm turning on is published at once, not at the next period
+        mark = sub.mark()
+        sink.on_update(Update(1005.2, {"alarm_general": True}))
+        assert sub.wait(STATE, after=mark, timeout=2).json()["alarm_general"] is True
+
+        # Home Assistant restarting asks for discovery again
+        mark = sub.mark()
+        sub.publish("homeassistant/status", "online")
+        sub.wait(VOLTAGE_CONFIG, after=mark)
+
+        # a signal never seen is never announced
+        topics = {m.topic for m in sub.messages}
+        assert "homeassistant/binary_sensor/battery/alarm_internal/config" not in topics
+        assert "homeassistant/sensor/battery/soc_reported/config" not in topics
+        assert sink.status()["state"] == "connected"
+
+    with Subscriber(broker) as late:  # a newcomer gets availability and discovery retained
+        status = late.wait(STATUS)
+        assert (status.payload, status.retain) == (b"online", True)
+        assert late.wait(VOLTAGE_CONFIG).retain is True
+
+        mark = late.mark()
+        sink.stop()
+        assert late.wait(STATUS, after=mark).payload == b"offline"
+        final = sink.status()
+    assert final["state"] == "disconnected"
+    assert final["published"] >= 30 and final["errors"] == 0 and final["last_error"] is None
+
+
+def test_legacy_discover_storage_topic(broker, make_sink):
+    clock = Clock(virtual=True, start=50.0)
+    with Subscriber(broker, ("DiscoverStorage",)) as sub:
+        sink = make_sink(broker, clock, legacy_topic="DiscoverStorage", discovery=False)
+        sink.on_update(Update(50.0, {**LIMITS, **MEASURED, **FLAGS, **IDENTITY}))
+        tick(clock)
+        assert sub.wait("DiscoverStorage").json() == {
+            "stateOfCharge": 72, "stateOfHealth": 100, "batteryVoltage": 53.5,
+            "batteryCurrent": 0.4, "batteryTemperature": 28.0, "batteryTemperatureF": 82.4,
+            "requestedChargeVoltage": 55.9, "requestedChargeCurrent": 282.0,
+            "requestedMaximumDischargeCurrent": 282.0, "lowBatteryCutOutVoltage": 43.2,
+            "batteryNominalCapacity": 300, "batteryRemainingCapacity": 216,
+            "manufacturer": "DISCOVER", "lynxFirmwareVersion": "2.1.0.0",
+            "protocolVersion": "1", "inverterFakeoutSOC": 72, "isCellBalancingActive": False,
+            "cellBalancingRemainingTime": 0}
+
+        mark = sub.mark()
+        sink.on_update(Update(56.0, {"soc": 100, "soc_reported": 99, "balancing_active": True,
+                                     "balancing_remaining": 1234.4, "temperature": 12.34}))
+        tick(clock)
+        legacy = sub.wait("DiscoverStorage", after=mark).json()
+        assert {key: legacy[key] for key in (
+            "stateOfCharge", "inverterFakeoutSOC", "isCellBalancingActive",
+            "cellBalancingRemainingTime", "batteryTemperature", "batteryTemperatureF")} == {
+            "stateOfCharge": 100, "inverterFakeoutSOC": 99, "isCellBalancingActive": True,
+            "cellBalancingRemainingTime": 1234, "batteryTemperature": 12.3,
+            "batteryTemperatureF": 54.2}
+
+
+def test_broker_down_at_start_then_appears(late_broker, make_sink):
+    clock = Clock(virtual=True)
+    started = time.perf_counter()
+    sink = make_sink(late_broker, clock)
+    for second in range(20):  # the engine thread never waits on the missing broker
+        sink.on_update(Update(float(second), {**MEASURED, "alarm_general": second % 2 == 1}))
+        tick(clock, 1.0)
+    assert time.perf_counter() - started < 0.5
+    wait_until(lambda: sink.status()["last_error"] is not None)
+    assert sink.status()["state"] == "disconnected"
+    assert sink.status()["last_error"] == (f"cannot reach broker 127.0.0.1:{late_broker.port}: "
+                                           "[Errno 111] Connection refused")
+
+    late_broker.start()
+    with Subscriber(late_broker) as sub:
+        assert sub.wait(STATUS, timeout=5).payload == b"online"
+        sub.wait(VOLTAGE_CONFIG)
+        assert wait_for_state(sub, clock, after=0).json()["soc"] == 72
+    assert sink.status()["state"] == "connected"
+
+
+def test_broker_restart_reconnects_and_announces_again(broker, make_sink, caplog):
+    caplog.set_level(logging.INFO, logger="canbridge.mqtt")
+    clock = Clock(virtual=True)
+    sink = make_sink(broker, clock)
+    sink.on_update(Update(0.0, {**LIMITS, **MEASURED}))
+    with Subscriber(broker) as sub:
+        sub.wait(VOLTAGE_CONFIG)
+        wait_for_state(sub, clock, after=0)
+
+    restarted = time.monotonic()
+    broker.restart()  # without persistence: every retained message is gone
+    with Subscriber(broker) as sub:
+        assert sub.wait(STATUS, lambda m: m.payload == b"online").payload == b"online"
+        assert sub.wait(VOLTAGE_CONFIG).json()["unit_of_measurement"] == "V"
+        assert sub.wait(STATE).json()["voltage"] == 53.5  # the latest, sent on reconnection
+    assert time.monotonic() - restarted < 5.0
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("lost connection to MQTT broker" in m for m in messages) == 1
+    assert sum(m == f"connected to MQTT broker 127.0.0.1:{broker.port}" for m in messages) == 2
+    assert sink.status()["errors"] >= 1
+
+
+def test_password_file_relative_to_the_pipeline(secure_broker, make_sink, tmp_path):
+    (tmp_path / "mqtt.secret").write_text("s3cret\n")
+    with Subscriber(secure_broker) as sub:
+        make_sink(secure_broker, Clock(virtual=True), username="canbridge",
+                  password_file="mqtt.secret", context={"pipeline_dir": str(tmp_path)})
+        assert sub.wait(STATUS).payload == b"online"
+
+
+def test_plain_password_works_with_a_warning(secure_broker, make_sink, caplog):
+    with Subscriber(secure_broker) as sub:
+        make_sink(secure_broker, Clock(virtual=True), username="canbridge", password="s3cret")
+        assert sub.wait(STATUS).payload == b"online"
+    assert ("mqtt: password is written in the pipeline file; prefer password_file"
+            in caplog.messages)
+
+
+def test_wrong_password_is_a_clear_error_and_retried(secure_broker, make_sink, caplog):
+    caplog.set_level(logging.INFO, logger="canbridge.mqtt")
+    sink = make_sink(secure_broker, Clock(virtual=True), username="canbridge",
+                     password="wrong")
+    wait_until(lambda: sink.status()["errors"] >= 2)  # refused, waited, tried again
+    status = sink.status()
+    assert status["state"] == "disconnected"
+    address = f"127.0.0.1:{secure_broker.port}"
+    assert status["last_error"] == f"broker {address} refused the connection: Not authorized"
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors == [f"MQTT broker {address} refused the connection: Not authorized "
+                      "(check username and password); retrying"]
+
+
+def test_unreadable_password_file_is_reported_not_raised(broker, make_sink, tmp_path):
+    sink = make_sink(broker, Clock(virtual=True), username="canbridge",
+                     password_file=str(tmp_path / "missing"))
+    status = sink.status()
+    assert status["state"] == "error" and status["errors"] == 1
+    assert "missing" in status["last_error"]
+
+
+@pytest.mark.parametrize(("options", "problem"), [
+    ({"password": "x"}, "password: needs username"),
+    ({"username": "u", "password": "x", "password_file": "f"},
+     "password: give password or password_file, not both"),
+    ({"ca_file": "ca.pem"}, "ca_file: needs tls = true"),
+    ({"tls": True, "key_file": "k.pem"}, "key_file: needs cert_file"),
+    ({"node_id": "my battery"}, "node_id: may hold only letters, digits, _ and -"),
+    ({"topic_prefix": "home/#"}, "topic_prefix: must not contain the wildcards + or #"),
+    ({"legacy_topic": "/DiscoverStorage"},
+     "legacy_topic: must be a topic without a leading or trailing /"),
+    ({"qos": 3}, "qos: 3 is not one of 0, 1, 2"),
+])
+def test_option_problems(options, problem):
+    with pytest.raises(ValueError) as error:
+        build(MqttSink, {"inputs": ["lynk"], **options}, start=False)
+    assert str(error.value) == problem
+
+
+def test_node_id_defaults_to_the_pipeline_name(tmp_path: Path):
+    sink = build(MqttSink, {"inputs": ["lynk"]}, start=False, pipeline_name="garage bank")
+    assert (sink.state_topic, sink.status_topic) == ("canbridge/garage_bank/state",
+                                                     "canbridge/garage_bank/status")
+    named = build(MqttSink, {"inputs": ["lynk"], "node_id": "rack2", "topic_prefix": "solar"},
+                  start=False)
+    assert named.state_topic == "solar/rack2/state"
+
+
+def _certificates(folder: Path) -> tuple[Path, Path, Path]:
+    """A throw-away CA, and a server certificate for 127.0.0.1 signed by it."""
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "1",
+            "-subj", "/CN=canbridge test CA")
+    openssl("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
+    (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "server.pem", "-days", "1", "-extfile", "san.ext")
+    return folder / "ca.pem", folder / "server.pem", folder / "server.key"
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make certificates")
+def test_tls_with_a_private_ca_and_a_clear_error_without_it(make_sink, tmp_path):
+    ca, cert, key = _certificates(tmp_path)
+    extra = (f"cafile {ca}", f"certfile {cert}", f"keyfile {key}")
+    with Mosquitto(tmp_path / "mosquitto", extra=extra) as server:
+        trusting = make_sink(server, Clock(virtual=True), tls=True, ca_file=str(ca))
+        wait_until(lambda: trusting.status()["state"] == "connected")
+
+        doubting = make_sink(server, Clock(virtual=True), tls=True, node_id="other")
+        wait_until(lambda: doubting.status()["errors"] >= 1)
+        assert doubting.status()["state"] == "disconnected"
+        assert "CERTIFICATE_VERIFY_FAILED" in doubting.status()["last_error"]

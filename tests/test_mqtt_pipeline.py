@@ -1,0 +1,155 @@
+"""The mqtt sink inside a real `canbridge run`: a looping real-time replay of the LYNK II
+capture -> discover-lynk2 -> pylontech (virtual inverter bus, recorded) and mqtt."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from broker import Mosquitto, Subscriber, mosquitto_fixture
+
+CANBRIDGE = Path(sys.executable).with_name("canbridge")
+CAPTURE = Path(__file__).resolve().parents[1] / "examples" / "captures" / "lynk2-sample.log"
+STATE = "canbridge/battery/state"
+STATUS = "canbridge/battery/status"
+VOLTAGE_CONFIG = "homeassistant/sensor/battery/voltage/config"
+PERIOD = 1.0
+
+broker = mosquitto_fixture()
+late_broker = mosquitto_fixture(start=False)
+
+
+class Run:
+    """`canbridge run` in a child process; its log goes to a file the test can wait on."""
+
+    def __init__(self, folder: Path, server: Mosquitto):
+        self.folder = folder
+        self.log_file = folder / "canbridge.log"
+        self.record = folder / "inverter.log"
+        pipeline = folder / "pipeline.toml"
+        pipeline.write_text(f"""
+[status]
+file = "status.json"
+
+[buses.battery]
+interface = "replay"
+path = "{CAPTURE}"
+speed = 1.0
+loop = true
+
+[buses.inverter]
+interface = "virtual"
+channel = "mqtt-e2e-{uuid.uuid4()}"
+record = "inverter.log"
+
+[sources.lynk]
+type = "discover-lynk2"
+bus = "battery"
+
+[sinks.inverter]
+type = "pylontech"
+inputs = ["lynk"]
+bus = "inverter"
+period_secs = {PERIOD}
+
+[sinks.mqtt]
+type = "mqtt"
+inputs = ["lynk"]
+host = "{server.host}"
+port = {server.port}
+publish_every_secs = 1
+""")
+        with self.log_file.open("wb") as log:
+            self.process = subprocess.Popen([str(CANBRIDGE), "run", str(pipeline)], cwd=folder,
+                                            stdout=log, stderr=subprocess.STDOUT)
+
+    def log(self) -> str:
+        return self.log_file.read_text(errors="replace")
+
+    def wait_for_log(self, text: str, timeout: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.log():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} not logged; log:\n{self.log()}")
+            time.sleep(0.02)
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.process.poll() is None:
+            os.kill(self.process.pid, sig)
+        return self.process.wait(timeout=10)
+
+    def burst_times(self) -> list[float]:
+        """Pipeline times of the 0x351 frames sent to the inverter (one per burst)."""
+        pattern = re.compile(r"^\((\d+\.\d+)\) \S+ 351#")
+        return [float(m.group(1)) for line in self.record.read_text().splitlines()
+                if (m := pattern.match(line))]
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> Iterator[list[Run]]:
+    runs: list[Run] = []
+    yield runs
+    for process in runs:
+        process.stop(signal.SIGKILL)
+
+
+def test_inverter_cadence_unaffected_by_broker_down_at_start_and_restarted(
+        late_broker, run, tmp_path):
+    pipeline = Run(tmp_path, late_broker)
+    run.append(pipeline)
+    pipeline.wait_for_log("cannot reach MQTT broker")
+    pipeline.wait_for_log("battery data complete: sending Pylontech frames")
+
+    late_broker.start()
+    with Subscriber(late_broker) as sub:
+        assert sub.wait(STATUS).payload == b"online"
+        sub.wait(VOLTAGE_CONFIG)
+        assert sub.wait(STATE).json()["soc"] == 72
+
+    restarted = time.monotonic()
+    late_broker.restart()
+    with Subscriber(late_broker) as sub:
+        assert sub.wait(STATUS).payload == b"online"
+        sub.wait(VOLTAGE_CONFIG)
+        sub.wait(STATE)  # the latest state, sent again on reconnection
+        state = sub.wait(STATE, lambda m: m.json()["health"]["mqtt"]["state"] == "connected")
+        assert time.monotonic() - restarted < 5.0
+        assert state.json()["health"]["inverter"]["safety"] == "normal"
+
+        mark = sub.mark()
+        assert pipeline.stop(signal.SIGTERM) == 0
+        assert sub.wait(STATUS, after=mark).payload == b"offline"  # clean stop, no last will
+
+    log = pipeline.log()
+    assert log.count("lost connection to MQTT broker") == 1
+    assert log.count(f"connected to MQTT broker 127.0.0.1:{late_broker.port}") == 2
+    bursts = pipeline.burst_times()
+    gaps = [later - earlier for earlier, later in itertools.pairwise(bursts)]
+    assert len(bursts) >= 3, log
+    assert all(abs(gap - PERIOD) < 0.1 for gap in gaps), gaps
+
+
+def test_last_will_says_offline_when_the_process_is_killed(broker, run, tmp_path):
+    with Subscriber(broker) as sub:
+        pipeline = Run(tmp_path, broker)
+        run.append(pipeline)
+        assert sub.wait(STATUS).payload == b"online"
+        state = sub.wait(STATE).json()
+        assert (state["soc"], state["voltage"], state["manufacturer"]) == (72, 53.5, "DISCOVER")
+        assert state["health"]["lynk"]["type"] == "discover-lynk2"
+
+        mark = sub.mark()
+        assert pipeline.stop(signal.SIGKILL) == -signal.SIGKILL
+        offline = sub.wait(STATUS, after=mark, timeout=3)
+    assert offline.payload == b"offline"
+    with Subscriber(broker) as later:
+        assert (later.wait(STATUS).payload, later.wait(STATUS).retain) == (b"offline", True)
