@@ -28,7 +28,7 @@ from canbridge.status import (
 def sample(now: float, **changes: Any) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "version": "0.1.0", "pipeline": "battery", "file": "/etc/canbridge/pipeline.toml",
-        "pid": 1234, "state": "running", "clock": "live", "started_at": now - 11000.0,
+        "pid": os.getpid(), "state": "running", "clock": "live", "started_at": now - 11000.0,
         "written_at": now - 1.25, "every_secs": 2.0, "pipeline_time": 11000.0,
         "engine": {"frames": 123456, "updates": 2345, "errors": 1},
         "components": {
@@ -124,7 +124,7 @@ def test_write_status_raises_and_leaves_nothing_when_it_cannot_write(tmp_path: P
 
 def test_report_lists_components_and_buses() -> None:
     now = 1_745_500_000.0
-    doc = sample(now)
+    doc = sample(now, pid=1234)
     doc["components"]["inverter"].update(state="safe", safety="stale", inverter_alive=False,
                                          inverter_last_seen_age=None)
     assert format_report(doc, now) == (
@@ -193,10 +193,21 @@ def test_a_file_not_rewritten_in_time_means_stuck_or_down(
     assert "status written 2m05s ago" in out  # the last known state is still shown
     assert capsys.readouterr().err == (
         f"status file {tmp_path / 's.json'} was last written 2m05s ago (every 2 s expected): "
-        "canbridge (pid 1234) is stuck or down\n")
+        f"canbridge (pid {os.getpid()}) is stuck or down\n")
     # A slow status period stretches the limit to three periods.
     write_status(tmp_path / "s.json", sample(now, written_at=now - 25.0, every_secs=10.0))
     assert run_status("--file", str(tmp_path / "s.json"))[0] == 0
+
+
+def test_a_process_that_died_without_a_word(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    write_status(tmp_path / "s.json", sample(time.time(), pid=dead.pid))
+    assert run_status("--file", str(tmp_path / "s.json"))[0] == 1
+    assert capsys.readouterr().err == (
+        f"canbridge (pid {dead.pid}) is not running: it ended without writing its final status "
+        "(killed or crashed)\n")
 
 
 def test_a_stopped_service(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,0 +1,1 @@
+"""An example canbridge plugin (see derate.py)."""
