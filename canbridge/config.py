@@ -129,7 +129,7 @@ class PipelineConfig:
     def effective(self) -> dict[str, Any]:
         """The whole configuration with defaults filled in, as a TOML-ready dict."""
         out: dict[str, Any] = {"pipeline": _clean(self.tables["pipeline"])}
-        out["buses"] = {name: _clean(values) for name, values in self.buses.items()}
+        out["buses"] = {name: _clean_bus(values) for name, values in self.buses.items()}
         for section in COMPONENT_SECTIONS:
             specs = [s for s in self.components if s.section == section]
             if specs:
@@ -146,6 +146,14 @@ class PipelineConfig:
 def _clean(values: Mapping[str, Any]) -> dict[str, Any]:
     """Drop unset options: TOML has no null."""
     return {k: v for k, v in values.items() if v is not None}
+
+
+def _clean_bus(values: Mapping[str, Any]) -> dict[str, Any]:
+    """A bus as it matters: replay options only on a replay, no empty `options` table."""
+    drop = set() if values.get("interface") == REPLAY else set(REPLAY_ONLY)
+    if not values.get("options"):
+        drop.add("options")
+    return {k: v for k, v in _clean(values).items() if k not in drop}
 
 
 class LineIndex:

@@ -169,10 +169,21 @@ def test_config_prints_every_default(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert effective["pipeline"] == {"name": "battery"}
     assert effective["sinks"]["out"] == {"type": "test-send", "inputs": ["tag"],
                                          "bus": "inverter", "label": ""}
-    assert effective["buses"]["battery"] == {"interface": "virtual", "channel": "cfg-battery",
-                                             "options": {}, "speed": 1.0, "loop": False}
+    assert effective["buses"]["battery"] == {"interface": "virtual", "channel": "cfg-battery"}
     assert effective["status"]["every_secs"] == 2.0
     assert effective["log"]["level"] == "info"
+
+
+def test_config_shows_replay_options_only_on_a_replay_bus(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    capture = tmp_path / "c.log"
+    capture.write_text("(1.0) can0 351#00\n")
+    text = GOOD.replace('interface = "virtual"\nchannel = "cfg-battery"',
+                        f'interface = "replay"\npath = "{capture}"')
+    code, err, out = validate(tmp_path, text, capsys, command="config")
+    assert code == 0, err
+    assert tomllib.loads(out)["buses"]["battery"] == {
+        "interface": "replay", "path": str(capture.resolve()), "speed": 1.0, "loop": False}
 
 
 def test_config_refuses_a_bad_file_with_exit_2(tmp_path: Path,
