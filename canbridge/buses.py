@@ -55,6 +55,8 @@ class BusHandle:
         self.frames_suppressed = 0
         self.send_errors = 0
         self.reopens = 0
+        self.record_errors = 0
+        self._record_failing = False
 
     def _open_python_can(self) -> can.BusABC:
         cfg = self.config
@@ -85,7 +87,10 @@ class BusHandle:
     def _open_recorder(self) -> None:
         record = self.config.get("record")
         if record:
-            self._recorder = can.io.CanutilsLogWriter(record, channel=self.channel_label)
+            try:
+                self._recorder = can.io.CanutilsLogWriter(record, channel=self.channel_label)
+            except OSError as exc:
+                self._record_failed(exc)
 
     def start_reader(self, deliver: Callable[[BusHandle, can.Message], None]) -> None:
         """Start the thread that hands every received frame to `deliver`."""
@@ -106,7 +111,10 @@ class BusHandle:
                 self._shutdown_bus(self._bus)
                 self._bus = None
         if self._recorder is not None:
-            self._recorder.stop()
+            try:
+                self._recorder.stop()
+            except OSError as exc:
+                self._record_failed(exc)
             self._recorder = None
         self.state = "closed"
 
@@ -174,19 +182,38 @@ class BusHandle:
         recorder = self._recorder
         if recorder is None:
             return
-        if self.clock.virtual:
-            recorder.on_message_received(msg)
-            return
-        # Live pipeline time is monotonic; a record is read beside other logs, so it gets
-        # Unix time. Restored at once: the same message goes on to the components.
         pipeline_time = msg.timestamp
-        msg.timestamp = self.clock.wall_time(pipeline_time)
-        recorder.on_message_received(msg)
-        msg.timestamp = pipeline_time
+        try:
+            if self.clock.virtual:
+                recorder.on_message_received(msg)
+            else:
+                # Live pipeline time is monotonic; a record is read beside other logs, so it
+                # gets Unix time.
+                msg.timestamp = self.clock.wall_time(pipeline_time)
+                recorder.on_message_received(msg)
+        except OSError as exc:
+            self._record_failed(exc)
+        finally:
+            msg.timestamp = pipeline_time  # the same message goes on to the components
 
     def flush(self) -> None:
         if self._recorder is not None:
-            self._recorder.file.flush()
+            try:
+                self._recorder.file.flush()
+            except OSError as exc:
+                self._record_failed(exc)
+            else:
+                if self.record_errors and self._record_failing:
+                    self._record_failing = False
+                    log.warning("bus %s: writing the record file works again", self.name)
+
+    def _record_failed(self, exc: OSError) -> None:
+        """A full disk must not stop the bridge: count it, say it once per episode."""
+        self.record_errors += 1
+        if not self._record_failing:
+            self._record_failing = True
+            log.error("bus %s: cannot write the record file %s: %s", self.name,
+                      self.config.get("record"), exc.strerror or exc)
 
     def _read_loop(self, deliver: Callable[[BusHandle, can.Message], None]) -> None:
         # Backoff grows across reopen cycles until traffic really flows again: a socketcan
@@ -240,8 +267,10 @@ class BusHandle:
             self._episode_reopens += 1
             self._consecutive_failures = 0
             self._told_at_max = False
-            self.state = "ok"
+            # Clear the request before "ok": sends are refused until "ok", so a failure that
+            # asks for the next reopen can only come after this and is never wiped out.
             self._reopen.clear()
+            self.state = "ok"
         (log.warning if self._episode_reopens == 1 else log.debug)("bus %s: reopened",
                                                                    self.name)
 
@@ -253,5 +282,6 @@ class BusHandle:
             "frames_suppressed": self.frames_suppressed,
             "send_errors": self.send_errors,
             "reopens": self.reopens,
+            "record_errors": self.record_errors,
             "last_error": self.last_error,
         }

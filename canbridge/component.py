@@ -85,6 +85,9 @@ class Component:
     type_name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     options: ClassVar[tuple[Option, ...]] = ()
+    foreign_ids: ClassVar[frozenset[int]] = frozenset()
+    """CAN IDs another node owns on this component's `bus`: canbridge must never transmit
+    them there (a `[forwards]` table that would is refused)."""
 
     def __init__(self, name: str, config: Mapping[str, Any], context: Context):
         self.name = name

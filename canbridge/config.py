@@ -273,6 +273,7 @@ def _check(raw: dict[str, Any], file: FsPath, registry: Registry,
     components, declared = _check_components(sections, registry, folder, out)
     forwards = _check_forwards(_tables(raw, "forwards", out), buses, out)
     _check_graph(components, raw_tables, declared, buses, out)
+    _check_forwarded_ids(forwards, components, out)
     if not components:
         out.add(["sources"], "the pipeline has no components: add at least one source and sink",
                 warning=True)
@@ -377,6 +378,20 @@ def _check_forwards(given: dict[str, dict[str, Any]], buses: dict[str, dict[str,
             out.add(["forwards", name, "to_bus"], "is the same bus as from_bus")
         forwards[name] = values
     return forwards
+
+
+def _check_forwarded_ids(forwards: dict[str, dict[str, Any]], specs: list[ComponentSpec],
+                         out: _Collector) -> None:
+    for name, values in forwards.items():
+        ids = set(values.get("ids") or ())
+        for spec in specs:
+            owned = sorted(ids & spec.cls.foreign_ids)
+            if owned and spec.values.get("bus") == values.get("to_bus"):
+                listed = ", ".join(f"0x{i:03X}" for i in owned)
+                out.add(["forwards", name, "ids"],
+                        f"{listed} belongs to another node on bus \"{values['to_bus']}\" "
+                        f"(says the {spec.cls.type_name} component \"{spec.name}\"): "
+                        "canbridge must never transmit it there")
 
 
 def _no_bus(bus: str, buses: Mapping[str, Any]) -> str:

@@ -14,6 +14,7 @@ spurious 46.x V sample never reaches the inverter, while a real, sustained drop 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -62,11 +63,13 @@ class GlitchFilter(Transform):
             self.emit(update)
             return
         value = values[signal]
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(
+                value):
+            # Not a reading at all: never a good value to hold, never one to pass on.
             self.context.limited.warning(("not a number", signal),
-                                         "%s: %s = %r is not a number; passed unfiltered",
+                                         "%s: %s = %r is not a finite number; dropped",
                                          self.name, signal, value)
-            self.emit(update)
+            self._drop(update)
             return
         if not self._beyond(value):
             self._run = 0
@@ -83,11 +86,7 @@ class GlitchFilter(Transform):
             self._accepted = value
             self.emit(update)
         elif self._accepted is None:
-            # No good reading to stand in yet: better no value than a suspect one.
-            self.dropped += 1
-            rest = {name: v for name, v in values.items() if name != signal}
-            if rest:
-                self.emit(Update(update.timestamp, rest))
+            self._drop(update)  # no good reading to stand in yet: better none than a suspect one
         else:
             self.replaced += 1
             self.context.limited.log(logging.INFO, ("glitch", signal),
@@ -95,6 +94,13 @@ class GlitchFilter(Transform):
                                      self.name, signal, value, self._accepted, self._run,
                                      self._samples)
             self.emit(update.with_values({signal: self._accepted}))
+
+    def _drop(self, update: Update) -> None:
+        """Pass the update on without the filtered signal."""
+        self.dropped += 1
+        rest = {name: v for name, v in update.values.items() if name != self._signal}
+        if rest:
+            self.emit(Update(update.timestamp, rest))
 
     def _beyond(self, value: float) -> bool:
         below, above = self._below, self._above

@@ -143,7 +143,7 @@ def test_failing_sends_are_counted_then_the_bus_is_reopened_with_backoff(
     assert inverter.state == "reopening"
     assert inverter.status() == {"state": "reopening", "frames_in": 0, "frames_out": 1,
                                  "frames_suppressed": 0, "send_errors": 5, "reopens": 0,
-                                 "last_error": "No buffer space available"}
+                                 "record_errors": 0, "last_error": "No buffer space available"}
     bus_before = faults.opened[-1]
     assert inverter.send(frame(0x356, 3)) is False  # not even tried while reopening
     assert inverter.send_errors == 6
@@ -175,6 +175,7 @@ def test_failing_sends_are_counted_then_the_bus_is_reopened_with_backoff(
     assert received.next() == ("inverter", 0x305, b"\x05")
     assert inverter.status() == {"state": "ok", "frames_in": 1, "frames_out": 2,
                                  "frames_suppressed": 0, "send_errors": 6, "reopens": 1,
+                                 "record_errors": 0,
                                  "last_error": "No such device"}
     # One episode, told once: no line per retry.
     assert caplog.messages == [

@@ -325,3 +325,34 @@ inputs = ["tag_one", "from_two"]
     assert [(u.timestamp - T0, u.values["frame_id"], u.values.get("path"))
             for u in engine.components["out"].received] == [
         (0, 0x10, "/tag_one"), (1, 0x20, None), (2, 0x10, "/tag_one"), (3, 0x20, None)]
+
+
+def test_a_record_file_that_cannot_be_written_does_not_stop_the_bridge(
+        tmp_path: Path, channel: str, caplog: pytest.LogCaptureFixture) -> None:
+    capture = write_capture(tmp_path / "c.log", [(T0 + i, 0x20, b"\x01") for i in range(3)])
+    listener = can.Bus(interface="virtual", channel=channel)
+    try:
+        engine = run(tmp_path, replay(capture) + f"""
+[buses.inverter]
+interface = "virtual"
+channel = "{channel}"
+record = "/dev/full"
+
+[sources.frames]
+type = "test-frames"
+bus = "battery"
+
+[sinks.out]
+type = "test-send"
+inputs = ["frames"]
+bus = "inverter"
+""")
+        received = [listener.recv(timeout=1) for _ in range(3)]
+    finally:
+        listener.shutdown()
+    # Every frame still went out; the disk problem is counted and said once.
+    assert [m.arbitration_id for m in received if m is not None] == [0x120] * 3
+    assert engine.buses["inverter"].record_errors >= 1
+    said = [r.getMessage() for r in caplog.records if "record file" in r.getMessage()]
+    assert said == ["bus inverter: cannot write the record file /dev/full: "
+                    "No space left on device"]

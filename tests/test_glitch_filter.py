@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import pytest
@@ -115,11 +116,17 @@ def test_a_first_reading_beyond_is_dropped_not_passed() -> None:
     assert component.status()["dropped"] == 2
 
 
-def test_a_non_number_passes_unfiltered() -> None:
-    component, out = make_filter(signal="model", below=1.0)
-    update = Update(1.0, {"model": "Discover AES"})
-    component.on_update(update)
-    assert out == [update]
+def test_a_reading_that_is_not_a_finite_number_is_dropped_never_held() -> None:
+    component, out = make_filter()
+    component.on_update(Update(1.0, {"voltage": 53.5}))
+    component.on_update(Update(2.0, {"voltage": math.nan, "soc": 72}))
+    component.on_update(Update(3.0, {"voltage": math.inf}))
+    component.on_update(Update(4.0, {"voltage": "53.5"}))
+    component.on_update(Update(5.0, {"voltage": 46.1}))
+    # A NaN is no good reading: the next glitch is still held at the last real one.
+    assert out == [Update(1.0, {"voltage": 53.5}), Update(2.0, {"soc": 72}),
+                   Update(5.0, {"voltage": 53.5})]
+    assert component.status()["dropped"] == 3
 
 
 @pytest.mark.parametrize(("options", "message"), [

@@ -325,3 +325,34 @@ def test_tls_with_a_private_ca_and_a_clear_error_without_it(make_sink, tmp_path)
         wait_until(lambda: doubting.status()["errors"] >= 1)
         assert doubting.status()["state"] == "disconnected"
         assert "CERTIFICATE_VERIFY_FAILED" in doubting.status()["last_error"]
+
+
+def test_stop_is_quick_while_a_connect_hangs(tmp_path: Path) -> None:
+    """A broker address that swallows connection attempts must not hold up a SIGTERM."""
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    port = server.getsockname()[1]
+    fillers = []
+    for _ in range(3):  # fill the accept queue: later SYNs are dropped and connect() hangs
+        filler = socket.socket()
+        filler.setblocking(False)
+        try:
+            filler.connect(("127.0.0.1", port))
+        except BlockingIOError:
+            pass
+        fillers.append(filler)
+    try:
+        sink = build(MqttSink, {"inputs": ["lynk"], "host": "127.0.0.1", "port": port},
+                     name="mqtt", clock=Clock(virtual=True), health=lambda: HEALTH)
+        wait_until(lambda: sink.status()["state"] != "connected", timeout=1.0)
+        time.sleep(0.3)  # let paho's thread enter its connect attempt
+        started = time.monotonic()
+        sink.stop()
+        assert time.monotonic() - started < 1.5
+    finally:
+        for filler in fillers:
+            filler.close()
+        server.close()

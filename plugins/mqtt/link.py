@@ -23,7 +23,10 @@ KEEPALIVE_SECS = 30
 RECONNECT_MIN_SECS = 0.5
 RECONNECT_MAX_SECS = 30
 MAX_QUEUED = 500  # paho's own queue of QoS>0 messages awaiting a connection or an ack
-CLOSE_TIMEOUT_SECS = 2.0
+# At shutdown: the acknowledgement of `offline`, then paho's thread. Together they stay well
+# inside the 2 s a SIGTERM allows the whole pipeline.
+CLOSE_TIMEOUT_SECS = 0.5
+STOP_TIMEOUT_SECS = 0.5
 AUTH_REFUSALS = {"Bad user name or password", "Not authorized"}
 
 
@@ -158,7 +161,12 @@ class Link:
             except (RuntimeError, ValueError) as exc:
                 self._error(f"could not publish offline: {exc}")
         self._client.disconnect()
-        self._client.loop_stop()
+        # paho's thread may sit in a connect attempt for its whole timeout; the pipeline
+        # must still stop within its 2 s, and the thread is a daemon that dies with us.
+        stopper = threading.Thread(target=self._client.loop_stop, name="mqtt-stop",
+                                   daemon=True)
+        stopper.start()
+        stopper.join(STOP_TIMEOUT_SECS)
         self._connected = False
         self.state = "disconnected"
 
