@@ -44,6 +44,15 @@ NEEDED = ("charge_voltage_limit", "charge_current_limit", "discharge_current_lim
           "discharge_voltage_limit", "soc", "voltage", "current", "temperature")
 """The signals that must all be fresh for normal frames (signals.md, "Fresh")."""
 
+NUMERIC = (*NEEDED, "soh", "soc_reported")
+"""Signals the frames carry as numbers: anything else in them is unusable."""
+
+
+def _finite(value: object) -> bool:
+    return (isinstance(value, int | float) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
 DEFAULT_SOH = 100
 """SOH sent when the battery never reports one: inverters only display it, and an invented
 low value could make some derate; 100 % claims nothing beyond "no degradation reported"."""
@@ -146,19 +155,32 @@ class FrameEncoder:
         self.length = message.length
         self.fields = tuple(_Field(signal) for signal in message.signals)
         self._by_name = {f.name: f for f in self.fields}
+        self._names = tuple(f.name for f in self.fields)
+        # The last inputs and what they gave: most frames of a burst repeat (limits, flags,
+        # names), and equal inputs encode to equal bytes.
+        self._last: tuple[tuple[Value, ...], bytes, tuple[str, ...]] | None = None
 
     def raw(self, name: str, value: Value) -> int:
         return self._by_name[name].raw(value)[0]
 
     def encode(self, values: Mapping[str, Value], clamped: list[str]) -> bytes:
         """The frame's data bytes; names of signals that were out of range go to `clamped`."""
+        inputs = tuple([values[name] for name in self._names])
+        last = self._last
+        if last is not None and last[0] == inputs:
+            clamped.extend(last[2])
+            return last[1]
         bits = 0
-        for field in self.fields:
-            raw, out_of_range = field.raw(values[field.name])
-            if out_of_range:
-                clamped.append(field.name)
+        out_of_range: list[str] = []
+        for field, value in zip(self.fields, inputs, strict=True):
+            raw, clamp = field.raw(value)
+            if clamp:
+                out_of_range.append(field.name)
             bits |= (raw & field.mask) << field.shift
-        return bits.to_bytes(self.length, "little")
+        data = bits.to_bytes(self.length, "little")
+        self._last = (inputs, data, tuple(out_of_range))
+        clamped.extend(out_of_range)
+        return data
 
 
 def manufacturer_value(text: str) -> int:
@@ -174,6 +196,7 @@ class PylontechSink(Sink):
     """Sends the battery's state to a Pylontech-compatible inverter."""
 
     type_name = "pylontech"
+    foreign_ids = frozenset({KEEPALIVE_ID})  # the inverter's: a second sender breaks it
     summary = "send the battery's limits and state to an inverter as Pylontech LV CAN frames"
     options = (
         Option("bus", BusRef(non_empty=True), REQUIRED,
@@ -258,6 +281,17 @@ class PylontechSink(Sink):
     # -- events ------------------------------------------------------------------------
 
     def on_update(self, update: Update) -> None:
+        values = update.values
+        bad = [name for name in NUMERIC if name in values and not _finite(values[name])]
+        if bad:
+            # Unusable, so not fresh: the signal ages into the safe state instead of making
+            # the encoder fail and the inverter hear nothing at all.
+            self.errors += 1
+            self.context.limited.warning(
+                ("not a number", *bad), "%s: ignored %s: not a finite number", self.name,
+                ", ".join(f"{name} = {values[name]!r}" for name in bad))
+            update = Update(update.timestamp,
+                            {k: v for k, v in values.items() if k not in bad})
         self.latest.apply(update)
 
     def on_frame(self, msg: can.Message) -> None:
@@ -326,11 +360,8 @@ class PylontechSink(Sink):
         """Every DBC signal of the burst, as physical values, per signals.md."""
         get = self.latest.get
         cfg = self.config
-
-        def active(names: tuple[str, ...]) -> bool:
-            return any(bool(get(name)) for name in names)
-
-        values: dict[str, Value] = {bit: active(sources) for bit, sources in ALARM_BITS.items()}
+        values: dict[str, Value] = {bit: any(map(get, sources))
+                                    for bit, sources in ALARM_BITS.items()}
         system_error = values["alarm_system_error"] or not fresh
         values["alarm_system_error"] = system_error
 

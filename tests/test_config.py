@@ -211,3 +211,15 @@ def test_a_component_can_warn_about_an_allowed_but_unwise_option(
     assert code == 0
     assert err == ["P:26: sinks.mqtt.password: warning: written in the pipeline file; "
                    "prefer password_file"]
+
+
+def test_a_forward_may_not_transmit_an_id_another_node_owns(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = GOOD + ('\n[sinks.pylon]\ntype = "pylontech"\ninputs = ["tag"]\nbus = "inverter"\n'
+                   '\n[forwards.wrong_way]\nfrom_bus = "battery"\nto_bus = "inverter"\n'
+                   'ids = [0x305, 0x351]\n')
+    code, err, _ = validate(tmp_path, text, capsys)
+    assert code == 2
+    assert err[0] == ('P:30: forwards.wrong_way.ids: 0x305 belongs to another node on bus '
+                      '"inverter" (says the pylontech component "pylon"): canbridge must never '
+                      'transmit it there')

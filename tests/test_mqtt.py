@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -329,8 +331,6 @@ def test_tls_with_a_private_ca_and_a_clear_error_without_it(make_sink, tmp_path)
 
 def test_stop_is_quick_while_a_connect_hangs(tmp_path: Path) -> None:
     """A broker address that swallows connection attempts must not hold up a SIGTERM."""
-    import socket
-
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(0)
@@ -339,10 +339,8 @@ def test_stop_is_quick_while_a_connect_hangs(tmp_path: Path) -> None:
     for _ in range(3):  # fill the accept queue: later SYNs are dropped and connect() hangs
         filler = socket.socket()
         filler.setblocking(False)
-        try:
+        with contextlib.suppress(BlockingIOError):
             filler.connect(("127.0.0.1", port))
-        except BlockingIOError:
-            pass
         fillers.append(filler)
     try:
         sink = build(MqttSink, {"inputs": ["lynk"], "host": "127.0.0.1", "port": port},

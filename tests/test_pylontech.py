@@ -509,6 +509,26 @@ def test_safe_state_keeps_the_last_known_values_and_alarm_bits(make_rig):
         "flags": 0x00, "flags_byte1": 0x00, "manufacturer": "PYLON   "}
 
 
+@pytest.mark.parametrize(("name", "bad"), [
+    ("voltage", math.nan), ("charge_current_limit", math.inf), ("temperature", "28.0"),
+    ("soc", None), ("current", True)])
+def test_a_value_that_is_not_a_finite_number_ages_into_the_safe_state(make_rig, name, bad):
+    """Unusable data must never silence the inverter side: it is treated as missing."""
+    rig = make_rig()
+    rig.feed(T0 + 0.5, LYNK_SAMPLE)
+    for second in range(1, 8):
+        rig.feed(T0 + second + 0.5, {**LYNK_SAMPLE, name: bad})
+    rig.run_until(T0 + 7.0)
+    bursts = rig.bursts()
+    assert sorted(bursts) == [T0 + n for n in range(1, 8)]  # a burst every period, always
+    assert hexes(bursts[T0 + 5.0]) == NORMAL_BURST
+    safe = bursts[T0 + 6.0]  # the bad value stands for no value: stale 5 s after the last good
+    assert safe[0x35C] == b"\x00\x00"
+    assert safe[0x359][1] & 0x08
+    assert rig.sink.status()["state"] == "safe"
+    assert rig.sink.status()["errors"] >= 7
+
+
 def test_safe_state_spells_zero_as_stop_current(make_rig):
     """On an inverter that ignores 0 A, 0 A would mean "no limit": stop_current is stop."""
     rig = make_rig(stop_current=0.1)

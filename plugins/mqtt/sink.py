@@ -39,6 +39,8 @@ from .link import Link, Settings
 
 NODE_ID = re.compile(r"[A-Za-z0-9_-]+")
 IDENTITY = ("manufacturer", "model")
+MAX_NAME_SETS = 64
+"""Distinct sets of signal names remembered by `_kinds` (one per frame type, in practice)."""
 
 
 def _json_value(value: Value) -> Value | None:
@@ -118,6 +120,7 @@ class MqttSink(Sink):
         self.status_topic = f"{base}/status"
         self.latest = LatestValues()
         self.announced: set[str] = set()
+        self._kinds_by_names: dict[tuple[str, ...], tuple[tuple[str, ...], tuple[str, ...]]] = {}
         self.link: Link | None = None
         self.setup_error: str | None = None
         self._timer: Any = None
@@ -171,20 +174,35 @@ class MqttSink(Sink):
 
     def on_update(self, update: Update) -> None:
         latest = self.latest
+        get = latest.get
         values = update.values
-        alarm_changed = any(
-            name.startswith("alarm_") and bool(latest.get(name, False)) != bool(value)
-            for name, value in values.items())
-        identity_changed = any(name in IDENTITY and latest.get(name) != values[name]
-                               for name in values)
+        alarms, identity = self._kinds(values)
+        alarm_changed = bool(alarms) and any(bool(get(name, False)) != bool(values[name])
+                                             for name in alarms)
+        identity_changed = bool(identity) and any(get(name) != values[name]
+                                                  for name in identity)
         latest.apply(update)
         if self.link is None:
             return
-        if self.config["discovery"]:
+        if self.config["discovery"] and (identity_changed
+                                         or not self.announced.issuperset(values)):
             new = [name for name in values if name not in self.announced]
             self._announce(list(latest) if identity_changed else new)
         if alarm_changed:
             self.publish_state()
+
+    def _kinds(self, values: Mapping[str, Value]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The alarm and the identity names among `values`', worked out once per set of
+        names: every update of one frame type carries the same names, thousands a day."""
+        names = tuple(values)
+        kinds = self._kinds_by_names.get(names)
+        if kinds is None:
+            if len(self._kinds_by_names) >= MAX_NAME_SETS:
+                self._kinds_by_names.clear()
+            kinds = (tuple(name for name in names if name.startswith("alarm_")),
+                     tuple(name for name in names if name in IDENTITY))
+            self._kinds_by_names[names] = kinds
+        return kinds
 
     def _announce(self, names: list[str]) -> None:
         """Publish (retained) the discovery config of each of `names`."""
