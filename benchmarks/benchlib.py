@@ -1,0 +1,283 @@
+"""What the benchmark scripts share: the production pipeline, a local mosquitto, running
+`canbridge run` as a child process with its own resource usage, and small statistics."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import can
+
+BENCH = Path(__file__).resolve().parent
+DATA = BENCH / "data"
+HOST = "127.0.0.1"
+
+PIPELINE = """\
+# The production pipeline of DESIGN.md, with software buses and a local broker.
+[pipeline]
+name = "bench"
+
+[buses.battery]
+{battery}
+
+[buses.inverter]
+interface = "virtual"
+channel = "{channel}"
+{inverter_record}
+
+[sources.lynk]
+type = "discover-lynk2"
+bus = "battery"
+
+[transforms.glitch]
+type = "glitch-filter"
+inputs = ["lynk"]
+signal = "voltage"
+below = 48.0
+samples = 3
+
+[transforms.balancing]
+type = "cell-balancing"
+inputs = ["glitch"]
+every_days = 3
+hold_soc = 99
+hold_minutes = 35
+state_file = "{folder}/balancing.toml"
+
+[sinks.inverter]
+type = "pylontech"
+inputs = ["balancing"]
+bus = "inverter"
+period_secs = 1.0
+stale_after_secs = {stale_after}
+on_stale = "safe"
+manufacturer = "PYLON"
+modules = 3
+
+[sinks.mqtt]
+type = "mqtt"
+inputs = ["balancing"]
+host = "{host}"
+port = {port}
+
+[sinks.datalog]
+type = "datalog"
+inputs = ["balancing"]
+path = "{folder}/log/battery.csv"
+
+[forwards.keepalive]
+from_bus = "inverter"
+to_bus = "battery"
+ids = [0x305]
+
+[status]
+file = "{folder}/status.json"
+{extra}"""
+
+
+def write_pipeline(folder: Path, battery: str, *, port: int, record_inverter: bool = False,
+                   stale_after: float = 5.0, extra: str = "") -> Path:
+    """The production pipeline in `folder` (fresh: no balancing state, no old logs)."""
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    record = f'record = "{folder}/inverter.log"' if record_inverter else ""
+    path = folder / "pipeline.toml"
+    path.write_text(PIPELINE.format(battery=battery, channel=f"bench-{os.getpid()}-{folder.name}",
+                                    inverter_record=record, folder=folder, host=HOST, port=port,
+                                    stale_after=stale_after, extra=extra))
+    return path
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+class Broker:
+    """A throw-away mosquitto on a free 127.0.0.1 port (Debian's `mosquitto` package)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        folder.mkdir(parents=True, exist_ok=True)
+        lines = [f"listener {self.port} {HOST}", "allow_anonymous true", "persistence false"]
+        if os.geteuid() == 0:  # root mosquitto drops to its own user otherwise
+            lines.append(f"user {getpass.getuser()}")
+        self.config = folder / "mosquitto.conf"
+        self.config.write_text("\n".join(lines) + "\n")
+
+    def start(self) -> Broker:
+        program = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        self.process = subprocess.Popen([program, "-c", str(self.config)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection((HOST, self.port), timeout=0.2):
+                    return self
+            except OSError:
+                time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"mosquitto did not listen on {HOST}:{self.port}")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=5)
+            self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def __enter__(self) -> Broker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@dataclass
+class ChildRun:
+    exit_code: int
+    started: float
+    """time.time() just before the child was spawned: a live run records Unix times."""
+    wall: float
+    cpu: float
+    peak_rss_mb: float
+    stderr: str
+
+
+def canbridge_command(pipeline: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "canbridge", "run", str(pipeline), *args]
+
+
+# Linux keeps a process's resident high-water mark across exec, so the ru_maxrss of a child
+# is at least the size of whoever forked it: spawned straight from this script (30 MB and
+# more) or from pytest, canbridge's own peak would be hidden. This tiny spawner (python -S,
+# under 10 MB) forks canbridge, passes SIGINT/SIGTERM on, and writes canbridge's own
+# wait4() figures to the file named by its first argument.
+SPAWNER = """\
+import os, signal, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[2], sys.argv[2:])
+for signum in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(signum, lambda n, f: os.kill(pid, n))
+_, status, usage = os.wait4(pid, 0)
+code = os.waitstatus_to_exitcode(status)
+with open(sys.argv[1], "w") as out:
+    out.write(f"{code} {usage.ru_utime + usage.ru_stime} {usage.ru_maxrss}\\n")
+sys.exit(code if code >= 0 else 128 - code)
+"""
+
+
+class Child:
+    """`canbridge run` in a child process (through SPAWNER), its output in `log`."""
+
+    def __init__(self, pipeline: Path, *args: str, log: Path,
+                 env: dict[str, str] | None = None):
+        self.log = log
+        self._usage = log.with_name(log.name + ".usage")
+        self._usage.unlink(missing_ok=True)
+        with log.open("wb") as out:
+            self.started = time.time()
+            self._started_monotonic = time.monotonic()
+            self.process = subprocess.Popen(
+                [sys.executable, "-S", "-c", SPAWNER, str(self._usage),
+                 *canbridge_command(pipeline, *args)], stdout=out, stderr=out, env=env,
+                cwd=log.parent)
+        self._pid: int | None = None
+
+    @property
+    def pid(self) -> int:
+        """canbridge's process id (the spawner's only child)."""
+        while self._pid is None:
+            spawner = self.process.pid
+            children = Path(f"/proc/{spawner}/task/{spawner}/children").read_text().split()
+            if children:
+                self._pid = int(children[0])
+            else:
+                time.sleep(0.001)
+        return self._pid
+
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def interrupt(self) -> None:
+        """Stop canbridge as Ctrl-C would."""
+        os.kill(self.pid, signal.SIGINT)
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system, every thread) canbridge has used so far."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+        raise RuntimeError("no VmRSS")
+
+    def reap(self) -> ChildRun:
+        """Wait for canbridge to end; its exit code, CPU time and peak RSS."""
+        self.process.wait()
+        wall = time.monotonic() - self._started_monotonic
+        code, cpu, maxrss = self._usage.read_text().split()
+        return ChildRun(int(code), self.started, wall, float(cpu), int(maxrss) / 1024.0,
+                        self.log.read_text(errors="replace"))
+
+
+def run_canbridge(pipeline: Path, *args: str, log: Path,
+                  env: dict[str, str] | None = None) -> ChildRun:
+    return Child(pipeline, *args, log=log, env=env).reap()
+
+
+def probe_env() -> dict[str, str]:
+    """Environment that loads benchmarks/latency_probe.py as a plugin."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BENCH), env.get("PYTHONPATH")]))
+    env["CANBRIDGE_PLUGINS"] = "latency_probe"
+    return env
+
+
+def read_capture(path: Path) -> list[can.Message]:
+    return list(can.LogReader(str(path)))
+
+
+def percentile(values: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile (no interpolation: a p99 is a value that occurred)."""
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), int(-(-pct * len(ordered) // 100))))
+    return ordered[rank - 1]
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{os.cpu_count()} CPUs ({model}), Python {platform.python_version()}, "
+            f"python-can {can.__version__}, {platform.system()} {platform.release()}")

@@ -1,0 +1,71 @@
+"""start-up: from `canbridge run` to the first Pylontech frame on the inverter bus.
+
+    python benchmarks/startup.py [--runs N]
+
+Each run spawns `canbridge run` on the production pipeline (battery bus: the day capture
+replayed at `speed = 1.0`, so the LYNK II's first burst is there at once, as from a
+gateway that is already running; inverter bus `virtual` and recorded; local mosquitto),
+waits for the first recorded frame and stops the child. The figure is the recorded send
+time of that frame minus the time just before the spawn: interpreter start, imports,
+configuration, opening buses, the first battery data and the first burst. Also printed:
+the time to canbridge's "starting pipeline" log line (everything before the first frame
+can arrive). Target: <= 1.0 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import time
+from datetime import datetime
+
+import benchlib
+import lynk2_day
+
+TARGET_SECS = 1.0
+WAIT_SECS = 10.0
+
+
+def one_run(index: int, capture: benchlib.Path, port: int) -> tuple[float, float]:
+    folder = benchlib.DATA / f"startup-{index}"
+    battery = f'interface = "replay"\npath = "{capture}"\nspeed = 1.0'
+    pipeline = benchlib.write_pipeline(folder, battery, port=port, record_inverter=True)
+    record = folder / "inverter.log"
+    child = benchlib.Child(pipeline, log=folder / "canbridge.log")
+    deadline = time.monotonic() + WAIT_SECS
+    while not (record.exists() and record.stat().st_size) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the record is flushed every 0.5 s; its timestamps are exact
+    child.interrupt()
+    run = child.reap()
+    frames = benchlib.read_capture(record) if record.exists() else []
+    if run.exit_code != 0 or not frames:
+        raise SystemExit(f"no Pylontech frame within {WAIT_SECS:g} s (exit {run.exit_code}):\n"
+                         f"{run.stderr[-3000:]}")
+    match = re.search(r"^(\S+ \S+) INFO canbridge: canbridge \S+ starting", run.stderr, re.M)
+    ready = (datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp() - run.started
+             if match else float("nan"))
+    return frames[0].timestamp - run.started, ready
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=7)
+    args = parser.parse_args()
+    capture = lynk2_day.ensure(benchlib.DATA / "lynk2-day.log")
+    print(f"start-up; {benchlib.machine()}")
+    firsts, readies = [], []
+    with benchlib.Broker(benchlib.DATA / "broker-startup") as broker:
+        for index in range(args.runs):
+            first, ready = one_run(index, capture, broker.port)
+            firsts.append(first)
+            readies.append(ready)
+            print(f"  run {index + 1}: first Pylontech frame {first:.3f} s after spawn "
+                  f"(pipeline starting at {ready:.3f} s)")
+    first, ready = benchlib.median(firsts), benchlib.median(readies)
+    print(f"median of {args.runs}: first frame {first:.3f} s, pipeline starting at {ready:.3f} s")
+    print(f"target: first frame <= {TARGET_SECS:g} s "
+          f"{'met' if first <= TARGET_SECS else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()
