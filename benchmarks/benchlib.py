@@ -3,12 +3,10 @@
 
 from __future__ import annotations
 
-import getpass
 import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -21,7 +19,10 @@ import can
 
 BENCH = Path(__file__).resolve().parent
 DATA = BENCH / "data"
-HOST = "127.0.0.1"
+
+# The throw-away broker is the one the test suite starts.
+sys.path.insert(0, str(BENCH.parent / "tests"))
+from broker import HOST, Mosquitto  # noqa: E402, F401  (re-exported for the scripts)
 
 PIPELINE = """\
 # The production pipeline of DESIGN.md, with software buses and a local broker.
@@ -98,57 +99,6 @@ def write_pipeline(folder: Path, battery: str, *, port: int, record_inverter: bo
                                     inverter_record=record, folder=folder, host=HOST, port=port,
                                     stale_after=stale_after, extra=extra))
     return path
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
-class Broker:
-    """A throw-away mosquitto on a free 127.0.0.1 port (Debian's `mosquitto` package)."""
-
-    def __init__(self, folder: Path):
-        self.folder = folder
-        self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-        folder.mkdir(parents=True, exist_ok=True)
-        lines = [f"listener {self.port} {HOST}", "allow_anonymous true", "persistence false"]
-        if os.geteuid() == 0:  # root mosquitto drops to its own user otherwise
-            lines.append(f"user {getpass.getuser()}")
-        self.config = folder / "mosquitto.conf"
-        self.config.write_text("\n".join(lines) + "\n")
-
-    def start(self) -> Broker:
-        program = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        self.process = subprocess.Popen([program, "-c", str(self.config)],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 5.0
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection((HOST, self.port), timeout=0.2):
-                    return self
-            except OSError:
-                time.sleep(0.02)
-        self.stop()
-        raise RuntimeError(f"mosquitto did not listen on {HOST}:{self.port}")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=5)
-            self.process = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def __enter__(self) -> Broker:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 @dataclass

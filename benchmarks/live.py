@@ -95,7 +95,7 @@ def main() -> None:
     capture = lynk2_day.ensure(benchlib.DATA / "lynk2-day.log")
     print(f"live: {args.secs:g} s per run after {WARMUP_SECS:g} s warm-up; {benchlib.machine()}")
     results = []
-    with benchlib.Broker(benchlib.DATA / "broker-live") as broker:
+    with benchlib.Mosquitto(benchlib.DATA / "broker-live") as broker:
         for index in range(args.runs):
             results.append(one_run(index, capture, broker.port, args.secs))
             print(f"  run {index + 1}: {describe(results[-1])}")

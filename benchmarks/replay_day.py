@@ -86,7 +86,7 @@ def main() -> None:
                                                           env.get("PYTHONPATH")]))
         configs["baseline"] = env
     results: dict[str, list[dict[str, float]]] = {label: [] for label in configs}
-    with benchlib.Broker(benchlib.DATA / "broker-replay-day") as broker:
+    with benchlib.Mosquitto(benchlib.DATA / "broker-replay-day") as broker:
         for index in range(args.runs):
             for number, (label, env) in enumerate(configs.items()):
                 r = one_run(f"replay-day-{index}-{number}", capture, frames_in, broker.port, env)

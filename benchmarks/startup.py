@@ -54,7 +54,7 @@ def main() -> None:
     capture = lynk2_day.ensure(benchlib.DATA / "lynk2-day.log")
     print(f"start-up; {benchlib.machine()}")
     firsts, readies = [], []
-    with benchlib.Broker(benchlib.DATA / "broker-startup") as broker:
+    with benchlib.Mosquitto(benchlib.DATA / "broker-startup") as broker:
         for index in range(args.runs):
             first, ready = one_run(index, capture, broker.port)
             firsts.append(first)

@@ -293,6 +293,12 @@ class PylontechSink(Sink):
             update = Update(update.timestamp,
                             {k: v for k, v in values.items() if k not in bad})
         self.latest.apply(update)
+        if self.state == "waiting" and self._timer is not None and self.latest.fresh(
+                NEEDED, self.clock.now(), self.stale_after):
+            # The first burst goes out as soon as the data is complete, not up to a period
+            # later; the bursts keep that phase.
+            self._timer.cancel()
+            self._timer = self.clock.every(self.period, self._tick, first=0.0)
 
     def on_frame(self, msg: can.Message) -> None:
         if msg.arbitration_id != KEEPALIVE_ID or msg.is_error_frame or msg.is_remote_frame:

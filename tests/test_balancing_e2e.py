@@ -169,12 +169,13 @@ def test_restart_mid_hold_across_two_runs(tmp_path: Path) -> None:
 
     seen = recorded_socs(tmp_path / "second.log.inverter.log")
     assert [soc for t, soc in seen] == [expected(socs, t, rise, rise + HOLD) for t, _ in seen]
-    # bursts every second from one period after the restart (start: the first replayed frame,
-    # 0.9995 s after resume_at); the hold ends between two bursts, the next one shows 100 %
-    start = float(rise) + 900.9995
+    # bursts every second from the moment the data set is first complete after the restart
+    # (first: the first replayed second's 0x356, 0.5005 s after resume_at); the hold ends
+    # between two bursts, the next one shows 100 %
+    first = float(rise) + 901.0005
     held = [t for t, soc in seen if soc == 99]
-    assert len(held) == 1199  # start + 1 ... start + 1199 < rise + HOLD < start + 1200
-    assert held[0] == pytest.approx(start + 1, abs=1e-6)
-    assert held[-1] == pytest.approx(start + 1199, abs=1e-6)
+    assert len(held) == 1199  # first ... first + 1198 < rise + HOLD < first + 1199
+    assert held[0] == pytest.approx(first, abs=1e-6)
+    assert held[-1] == pytest.approx(first + 1198, abs=1e-6)
     after = seen[len(held)]
-    assert after[0] == pytest.approx(start + 1200, abs=1e-6) and after[1] == 100
+    assert after[0] == pytest.approx(first + 1199, abs=1e-6) and after[1] == 100

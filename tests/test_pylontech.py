@@ -156,12 +156,13 @@ def test_the_dbc_has_the_standard_lengths_cycle_times_and_senders():
 
 def test_golden_burst_from_the_lynk_sample(make_rig):
     rig = make_rig()
-    rig.feed(T0 + 0.004, {**LYNK_SAMPLE, **QUIET})
+    first = T0 + 0.004  # the data set is complete: the first burst goes out at once
+    rig.feed(first, {**LYNK_SAMPLE, **QUIET})
     rig.run_until(T0 + 3.0)
-    assert [at for at, _ in rig.sent] == [T0 + 1] * 6 + [T0 + 2] * 6 + [T0 + 3] * 6
+    assert [at for at, _ in rig.sent] == [first] * 6 + [first + 1] * 6 + [first + 2] * 6
     assert [m.arbitration_id for _, m in rig.sent[:6]] == BURST_ORDER
     assert all(not m.is_extended_id for _, m in rig.sent)
-    assert hexes(rig.bursts()[T0 + 1]) == NORMAL_BURST
+    assert hexes(rig.bursts()[first]) == NORMAL_BURST
 
 
 def test_the_real_pylontech_capture_is_reproduced(make_rig):
@@ -417,8 +418,32 @@ def test_nothing_is_sent_before_the_first_complete_set(make_rig):
     assert rig.sink.status()["last_seen_age"] is None
     rig.feed(T0 + 5.2, LYNK_SAMPLE)
     rig.run_until(T0 + 6.0)
-    assert sorted({at for at, _ in rig.sent}) == [T0 + 6.0]
+    assert sorted({at for at, _ in rig.sent}) == [T0 + 5.2]
     assert rig.sink.status()["state"] == "ok"
+
+
+def test_the_first_burst_goes_out_as_soon_as_the_data_is_complete(make_rig, caplog):
+    """Start-up: the first burst does not wait up to a period (the start-up target is a
+    first frame within 1 s of launch); every later burst keeps its phase."""
+    rig = make_rig(period_secs=0.7)
+    without_temperature = {k: v for k, v in LYNK_SAMPLE.items() if k != "temperature"}
+    rig.feed(T0 + 0.25, {**without_temperature, **QUIET})
+    rig.run_until(T0 + 1.3)
+    assert rig.sent == []  # the tick at T0 + 0.7 found the set incomplete
+    complete = T0 + 1.3  # off the start-up phase (T0 + 0.7 n): the next tick would be T0 + 1.4
+    with caplog.at_level(logging.INFO, logger=SINK_LOG):
+        rig.feed(complete, {"temperature": 28.0})
+        rig.run_until(complete)
+    assert [at for at, _ in rig.sent] == [complete] * 6
+    assert hexes(rig.bursts()[complete]) == NORMAL_BURST
+    assert [r.getMessage() for r in caplog.records if r.name == SINK_LOG] == [
+        "battery data complete: sending Pylontech frames every 0.7 s"]
+    for second in (2, 3, 4):  # later updates, off the burst phase, do not move it
+        rig.feed(T0 + second + 0.5, {**LYNK_SAMPLE, **QUIET})
+    rig.run_until(complete + 5 * 0.7)
+    assert sorted(rig.bursts()) == [complete + n * 0.7 for n in range(6)]
+    assert all(hexes(burst) == NORMAL_BURST for burst in rig.bursts().values())
+    assert rig.sink.status()["bursts"] == 6
 
 
 SAFE_BURST = {
@@ -434,16 +459,18 @@ SAFE_BURST = {
 def test_stale_data_enters_the_safe_state_in_time_and_fresh_data_ends_it(make_rig, caplog):
     rig = make_rig()  # period 1 s, stale after 5 s
     with caplog.at_level(logging.INFO, logger=SINK_LOG):
-        rig.feed(T0 + 0.3, {**LYNK_SAMPLE, **QUIET})
+        first = T0 + 0.3
+        rig.feed(first, {**LYNK_SAMPLE, **QUIET})
         rig.run_until(T0 + 10.0)
         bursts = rig.bursts()
-        # Last fresh update at 1000.3: stale after 1005.3, so the burst at 1006 is safe,
-        # within stale_after_secs + one period of the last update.
-        assert sorted(bursts) == [T0 + s for s in range(1, 11)]
-        assert [hexes(bursts[T0 + s]) == NORMAL_BURST for s in range(1, 11)] == \
-            [True] * 5 + [False] * 5
-        for second in range(6, 11):
-            assert hexes(bursts[T0 + second]) == SAFE_BURST
+        # The only update, at 1000.3, sets the burst phase (1000.3 + n). At 1005.3 the data
+        # is exactly stale_after_secs old, still fresh; the burst at 1006.3 is safe, exactly
+        # stale_after_secs + one period after the last update: the latest the rule allows.
+        assert sorted(bursts) == [first + n for n in range(10)]
+        assert [hexes(bursts[first + n]) == NORMAL_BURST for n in range(10)] == \
+            [True] * 6 + [False] * 4
+        for n in range(6, 10):
+            assert hexes(bursts[first + n]) == SAFE_BURST
         status = rig.sink.status()
         assert status["state"] == "safe"
         assert status["safety"] == "safe: battery data stale"
@@ -451,14 +478,16 @@ def test_stale_data_enters_the_safe_state_in_time_and_fresh_data_ends_it(make_ri
         assert status["last_seen_age"] == pytest.approx(9.7)
 
         rig.feed(T0 + 10.5, {**LYNK_SAMPLE, **QUIET})
-        rig.run_until(T0 + 11.0)
-        assert hexes(rig.bursts()[T0 + 11.0]) == NORMAL_BURST
+        rig.run_until(first + 11)
+        assert sorted(rig.bursts())[-2:] == [first + 10, first + 11]
+        assert hexes(rig.bursts()[first + 10]) == SAFE_BURST
+        assert hexes(rig.bursts()[first + 11]) == NORMAL_BURST  # the next burst: recovered
         assert rig.sink.status()["state"] == "ok"
         assert rig.sink.status()["stale_secs"] == 0.0
     lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == SINK_LOG]
     assert lines == [
         ("INFO", "battery data complete: sending Pylontech frames every 1 s"),
-        ("WARNING", "battery data stale (no battery update for 5.7 s): safe state: "
+        ("WARNING", "battery data stale (no battery update for 6.0 s): safe state: "
                     "CCL = DCL = 0, charge and discharge disabled"),
         ("INFO", "battery data fresh again: safe state ended"),
     ]
@@ -484,23 +513,26 @@ def test_the_safe_state_starts_within_stale_after_plus_one_period(period, stale,
 
 def test_one_stale_signal_is_enough(make_rig, caplog):
     rig = make_rig()
-    rig.feed(T0 + 0.5, LYNK_SAMPLE)
+    first = T0 + 0.5
+    rig.feed(first, LYNK_SAMPLE)
     without_temperature = {k: v for k, v in LYNK_SAMPLE.items() if k != "temperature"}
     with caplog.at_level(logging.WARNING):
         for second in range(1, 9):
             rig.feed(T0 + second + 0.5, without_temperature)
         rig.run_until(T0 + 9.0)
-    assert hexes(rig.bursts()[T0 + 5.0]) == NORMAL_BURST
-    assert hexes(rig.bursts()[T0 + 6.0]) == SAFE_BURST
-    assert "battery data stale (temperature 5.5 s old)" in caplog.text
+    assert hexes(rig.bursts()[first + 5]) == NORMAL_BURST  # temperature exactly 5 s old
+    assert hexes(rig.bursts()[first + 6]) == SAFE_BURST
+    assert "battery data stale (temperature 6.0 s old)" in caplog.text
 
 
 def test_safe_state_keeps_the_last_known_values_and_alarm_bits(make_rig):
     rig = make_rig(max_charge_voltage=55.0, modules=3)
-    rig.feed(T0 + 0.5, {**LYNK_SAMPLE, **QUIET, "voltage": 51.23, "temperature": -3.5,
-                        "soc": 41, "soh": 93, "warning_low_voltage": True})
+    first = T0 + 0.5
+    rig.feed(first, {**LYNK_SAMPLE, **QUIET, "voltage": 51.23, "temperature": -3.5,
+                     "soc": 41, "soh": 93, "warning_low_voltage": True})
     rig.run_until(T0 + 7.0)
-    safe = decode_burst(rig.bursts()[T0 + 7.0])
+    assert decode_burst(rig.bursts()[first + 5])["flags"] == 0xC0  # 5 s old: still fresh
+    safe = decode_burst(rig.bursts()[first + 6])
     assert safe == {
         "charge_voltage_limit": 55.0, "charge_current_limit": 0.0,
         "discharge_current_limit": 0.0, "discharge_voltage_limit": 43.2,
@@ -515,14 +547,15 @@ def test_safe_state_keeps_the_last_known_values_and_alarm_bits(make_rig):
 def test_a_value_that_is_not_a_finite_number_ages_into_the_safe_state(make_rig, name, bad):
     """Unusable data must never silence the inverter side: it is treated as missing."""
     rig = make_rig()
-    rig.feed(T0 + 0.5, LYNK_SAMPLE)
+    first = T0 + 0.5
+    rig.feed(first, LYNK_SAMPLE)
     for second in range(1, 8):
         rig.feed(T0 + second + 0.5, {**LYNK_SAMPLE, name: bad})
-    rig.run_until(T0 + 7.0)
+    rig.run_until(T0 + 7.5)
     bursts = rig.bursts()
-    assert sorted(bursts) == [T0 + n for n in range(1, 8)]  # a burst every period, always
-    assert hexes(bursts[T0 + 5.0]) == NORMAL_BURST
-    safe = bursts[T0 + 6.0]  # the bad value stands for no value: stale 5 s after the last good
+    assert sorted(bursts) == [first + n for n in range(8)]  # a burst every period, always
+    assert hexes(bursts[first + 5]) == NORMAL_BURST
+    safe = bursts[first + 6]  # the bad value stands for no value: stale 5 s after the last good
     assert safe[0x35C] == b"\x00\x00"
     assert safe[0x359][1] & 0x08
     assert rig.sink.status()["state"] == "safe"
@@ -532,9 +565,11 @@ def test_a_value_that_is_not_a_finite_number_ages_into_the_safe_state(make_rig, 
 def test_safe_state_spells_zero_as_stop_current(make_rig):
     """On an inverter that ignores 0 A, 0 A would mean "no limit": stop_current is stop."""
     rig = make_rig(stop_current=0.1)
-    rig.feed(T0 + 0.5, LYNK_SAMPLE)
+    first = T0 + 0.5
+    rig.feed(first, LYNK_SAMPLE)
     rig.run_until(T0 + 7.0)
-    burst = rig.bursts()[T0 + 7.0]
+    assert rig.bursts()[first + 5][0x35C] == b"\xc0\x00"
+    burst = rig.bursts()[first + 6]  # the first safe burst
     assert burst[0x351] == bytes.fromhex("2F 02 01 00 01 00 B0 01")
     assert burst[0x35C] == b"\x00\x00"
 
@@ -542,14 +577,16 @@ def test_safe_state_spells_zero_as_stop_current(make_rig):
 def test_silent_mode_stops_sending_until_fresh_data_returns(make_rig, caplog):
     rig = make_rig(on_stale="silent", period_secs=0.5, stale_after_secs=3.0)
     with caplog.at_level(logging.INFO, logger=SINK_LOG):
-        rig.feed(T0 + 0.2, LYNK_SAMPLE)
+        first = T0 + 0.2
+        rig.feed(first, LYNK_SAMPLE)
         rig.run_until(T0 + 8.0)
-        assert sorted(rig.bursts()) == [T0 + 0.5 * n for n in range(1, 7)]  # to 1003.0
+        # to 1003.2, where the data is exactly stale_after_secs old
+        assert sorted(rig.bursts()) == [first + 0.5 * n for n in range(7)]
         assert rig.sink.status()["state"] == "silent"
-        rig.feed(T0 + 8.2, LYNK_SAMPLE)
-        rig.run_until(T0 + 9.0)
-    assert sorted(rig.bursts())[-2:] == [T0 + 8.5, T0 + 9.0]
-    assert hexes(rig.bursts()[T0 + 8.5]) == NORMAL_BURST
+        rig.feed(T0 + 8.3, LYNK_SAMPLE)  # after the (silent) tick at 1008.2
+        rig.run_until(first + 0.5 * 18)
+    assert sorted(rig.bursts())[-3:] == [first + 0.5 * n for n in (6, 17, 18)]
+    assert hexes(rig.bursts()[first + 0.5 * 17]) == NORMAL_BURST
     records = [r for r in caplog.records if r.name == SINK_LOG]
     assert [r.levelname for r in records] == ["INFO", "WARNING", "INFO"]
     assert "transmitting stopped" in records[1].getMessage()

@@ -82,9 +82,11 @@ def test_the_sample_capture_gives_the_golden_bytes_once_a_second(tmp_path):
     result = canbridge("run", str(pipeline))
     assert result.returncode == 0, result.stderr
     bursts = bursts_of(recorded(tmp_path / "inverter.log"))
-    start = 1745512155.0  # the capture's first frame
-    assert sorted(bursts) == [start + n for n in range(1, 9)]
-    assert hexes(bursts[start + 1]) == NORMAL_BURST
+    # The first complete data set: the capture's first 0x356 (its first frame + 4 ms). The
+    # first burst goes out then, the others once a second after it, to the capture's end.
+    first = 1745512155.004
+    assert sorted(bursts) == [round(first + n, 6) for n in range(8)]
+    assert hexes(bursts[first]) == NORMAL_BURST
     assert {hexes(b)[0x35C] for b in bursts.values()} == {"C0 00"}
     status = json.loads((tmp_path / "status.json").read_text())["components"]["inverter"]
     assert (status["state"], status["frames_out"], status["errors"]) == ("ok", 48, 0)
@@ -145,16 +147,23 @@ def test_glitch_alarm_and_silence_reach_the_inverter_at_the_right_times(tmp_path
     frames = recorded(tmp_path / "inverter.log")
     assert all(not m.is_rx for m in frames)
     bursts = bursts_of(frames)
-    assert sorted(bursts) == [T0 + n for n in range(1, LAST_SECOND + 1)]
-    for n in range(1, LAST_SECOND + 1):
-        burst, sent = hexes(bursts[T0 + n]), decode_burst(bursts[T0 + n])
-        data_second = n - 1  # a burst carries what arrived during the second before it
-        if 25 <= n <= 30:
-            # Last data at T0 + 19.3: stale from T0 + 24.3 on, safe from the next burst
-            # until fresh data (T0 + 30.3) is sent at T0 + 31.
+    # The data set is first complete with second 0's 0x356 (T0 + 0.303): the first burst
+    # goes out then, and burst n at T0 + 0.303 + n. That is the very time of second n's
+    # 0x356, and timers due at a frame's time fire before it: burst n >= 1 carries 0x356
+    # and 0x35A (current, alarms) of second n - 1.
+    first = T0 + 0.303
+    assert sorted(bursts) == [round(first + n, 6) for n in range(LAST_SECOND + 1)]
+    for n in range(LAST_SECOND + 1):
+        at = round(first + n, 6)
+        burst, sent = hexes(bursts[at]), decode_burst(bursts[at])
+        data_second = max(n - 1, 0)
+        if 24 <= n <= 30:
+            # Last data at T0 + 19.300 (0x351) to 19.303 (0x356): 0x351 and 0x355 are over
+            # 5 s old at T0 + 24.303, so that burst is safe, 5.003 s after the last 0x351,
+            # until the fresh set completed at T0 + 30.303 is sent at T0 + 31.303.
             assert burst == SAFE_BURST, n
             continue
-        if n in range(21, 25):
+        if n in range(21, 24):
             data_second = 19  # the last known values, still within stale_after_secs
         assert sent["current"] == pytest.approx(data_second / 10), n
         assert sent["voltage"] == 53.5, n  # the 46.3 V glitch of second 5 never gets out
@@ -168,7 +177,9 @@ def test_glitch_alarm_and_silence_reach_the_inverter_at_the_right_times(tmp_path
     assert (status["state"], status["errors"]) == ("ok", 0)
     warnings = [line for line in result.stderr.splitlines() if "WARNING canbridge.inverter" in line]
     assert len(warnings) == 1, result.stderr
-    assert "battery data stale (no battery update for 5.7 s)" in warnings[0]
+    assert ("battery data stale (charge_voltage_limit 5.0 s old, charge_current_limit 5.0 s "
+            "old, discharge_current_limit 5.0 s old, discharge_voltage_limit 5.0 s old, soc "
+            "5.0 s old)") in warnings[0]  # 0x356's signals are exactly 5 s old: still fresh
 
 
 def test_the_inverter_keepalive_through_the_engine_in_both_id_forms(tmp_path):
@@ -219,7 +230,9 @@ def test_the_demo_runs_without_can_hardware(tmp_path):
     assert result.returncode == 0, result.stderr
     assert time.monotonic() - started < 15
     bursts = bursts_of(recorded(tmp_path / "inverter.log"))
-    assert len(bursts) == 2  # real time: one burst a second, the first after one second
+    # real time: the first burst as soon as the sample's first data set is complete (4 ms
+    # into it), then one a second: at about 0, 1 and 2 s of the 2.3 s run
+    assert len(bursts) == 3
     assert {hexes(b)[0x35E] for b in bursts.values()} == {NORMAL_BURST[0x35E]}
     assert {hexes(b)[0x35C] for b in bursts.values()} == {"C0 00"}
 
@@ -239,6 +252,7 @@ def test_a_day_of_bursts_takes_seconds_not_minutes():
               "voltage": 53.5, "current": 0.4, "temperature": 28.0}
     started = time.perf_counter()
     for second in range(21_600):
+        run_timers(clock, second + 0.5)  # the clock at the update's time: bursts at n + 0.5
         sink.on_update(Update(second + 0.5, values))
         run_timers(clock, second + 1.0)
     elapsed = time.perf_counter() - started
