@@ -273,3 +273,28 @@ def test_a_bus_missing_at_start_is_opened_when_it_appears(channel: str) -> None:
         handle.close()
         peer.shutdown()
     assert handle.state == "closed"
+
+
+def test_a_send_failing_while_a_reopen_completes_is_never_lost(channel: str) -> None:
+    """The engine's send can fail at any moment of the reader's reopen; whatever the
+    interleaving, the bus must never be left "reopening" with no reopen pending."""
+    faults = Faults()
+    handle = BusHandle("inverter", {"interface": "virtual", "channel": channel}, Clock(),
+                       opener=flaky_opener(channel, faults))
+    handle.open()
+
+    class Interleave(threading.Event):
+        def clear(self) -> None:
+            # The engine thread's fifth failed send lands while the reopen finishes.
+            faults.sends_fail.set()
+            handle._consecutive_failures = buses_module.FAILURES_BEFORE_REOPEN - 1
+            handle.send(frame(0x351))
+            super().clear()
+
+    handle._reopen = Interleave()
+    handle._reopen.set()
+    handle._try_reopen(at_max=False)
+    try:
+        assert handle.state == "ok" or handle._reopen.is_set()
+    finally:
+        handle.close()
