@@ -11,11 +11,14 @@ import statistics
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import can
+import tomli_w
 
 BENCH = Path(__file__).resolve().parent
 DATA = BENCH / "data"
@@ -24,80 +27,32 @@ DATA = BENCH / "data"
 sys.path.insert(0, str(BENCH.parent / "tests"))
 from broker import HOST, Mosquitto  # noqa: E402, F401  (re-exported for the scripts)
 
-PIPELINE = """\
-# The production pipeline of DESIGN.md, with software buses and a local broker.
-[pipeline]
-name = "bench"
-
-[buses.battery]
-{battery}
-
-[buses.inverter]
-interface = "virtual"
-channel = "{channel}"
-{inverter_record}
-
-[sources.lynk]
-type = "discover-lynk2"
-bus = "battery"
-
-[transforms.glitch]
-type = "glitch-filter"
-inputs = ["lynk"]
-signal = "voltage"
-below = 48.0
-samples = 3
-
-[transforms.balancing]
-type = "cell-balancing"
-inputs = ["glitch"]
-every_days = 3
-hold_soc = 99
-hold_minutes = 35
-state_file = "{folder}/balancing.toml"
-
-[sinks.inverter]
-type = "pylontech"
-inputs = ["balancing"]
-bus = "inverter"
-period_secs = 1.0
-stale_after_secs = {stale_after}
-on_stale = "safe"
-manufacturer = "PYLON"
-modules = 3
-
-[sinks.mqtt]
-type = "mqtt"
-inputs = ["balancing"]
-host = "{host}"
-port = {port}
-
-[sinks.datalog]
-type = "datalog"
-inputs = ["balancing"]
-path = "{folder}/log/battery.csv"
-
-[forwards.keepalive]
-from_bus = "inverter"
-to_bus = "battery"
-ids = [0x305]
-
-[status]
-file = "{folder}/status.json"
-{extra}"""
+PRODUCTION = BENCH.parent / "examples" / "pipeline.toml"
 
 
-def write_pipeline(folder: Path, battery: str, *, port: int, record_inverter: bool = False,
-                   stale_after: float = 5.0, extra: str = "") -> Path:
-    """The production pipeline in `folder` (fresh: no balancing state, no old logs)."""
+def write_pipeline(folder: Path, battery: dict[str, Any], *, port: int,
+                   record_inverter: bool = False, stale_after: float = 5.0,
+                   sinks: dict[str, dict[str, Any]] | None = None) -> Path:
+    """The production pipeline (examples/pipeline.toml) in `folder`, on software buses and a
+    local broker, its files inside `folder` (fresh: no balancing state, no old logs)."""
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
-    record = f'record = "{folder}/inverter.log"' if record_inverter else ""
+    config = tomllib.loads(PRODUCTION.read_text())
+    config["pipeline"]["name"] = "bench"
+    config["buses"]["battery"] = battery
+    config["buses"]["inverter"] = {"interface": "virtual",
+                                   "channel": f"bench-{os.getpid()}-{folder.name}"}
+    if record_inverter:
+        config["buses"]["inverter"]["record"] = str(folder / "inverter.log")
+    config["transforms"]["balancing"]["state_file"] = str(folder / "balancing.toml")
+    config["sinks"]["inverter"]["stale_after_secs"] = stale_after
+    config["sinks"]["mqtt"].update(host=HOST, port=port)
+    config["sinks"]["datalog"]["path"] = str(folder / "log" / "battery.csv")
+    config["sinks"].update(sinks or {})
+    config["status"] = {"file": str(folder / "status.json")}
     path = folder / "pipeline.toml"
-    path.write_text(PIPELINE.format(battery=battery, channel=f"bench-{os.getpid()}-{folder.name}",
-                                    inverter_record=record, folder=folder, host=HOST, port=port,
-                                    stale_after=stale_after, extra=extra))
+    path.write_text(tomli_w.dumps(config))
     return path
 
 

@@ -33,13 +33,6 @@ WARMUP_SECS = 5.0
 PERIOD = 1.0
 TARGETS = {"cpu_pct": 0.5, "peak_rss_mb": 40.0, "jitter_p50_ms": 2.0, "jitter_p99_ms": 10.0,
            "delay_p50_ms": 1.0, "delay_p99_ms": 5.0, "startup_s": 1.0}
-PROBE = """
-[sinks.probe]
-type = "latency-probe"
-inputs = ["balancing"]
-path = "{folder}/delays.txt"
-"""
-
 
 def first_frames(record: Path, frame_id: int) -> list[float]:
     return [m.timestamp for m in benchlib.read_capture(record) if m.arbitration_id == frame_id]
@@ -47,9 +40,11 @@ def first_frames(record: Path, frame_id: int) -> list[float]:
 
 def one_run(index: int, capture: Path, port: int, secs: float) -> dict[str, float]:
     folder = benchlib.DATA / f"live-{index}"
-    battery = f'interface = "replay"\npath = "{capture}"\nspeed = 1.0'
+    battery = {"interface": "replay", "path": str(capture), "speed": 1.0}
+    probe = {"type": "latency-probe", "inputs": ["balancing"],
+             "path": str(folder / "delays.txt")}
     pipeline = benchlib.write_pipeline(folder, battery, port=port, record_inverter=True,
-                                     extra=PROBE.format(folder=folder))
+                                     sinks={"probe": probe})
     child = benchlib.Child(pipeline, log=folder / "canbridge.log", env=benchlib.probe_env())
     time.sleep(WARMUP_SECS)
     cpu_before, wall_before = child.cpu_seconds(), time.monotonic()

@@ -37,7 +37,7 @@ def capture_frames(path: Path) -> int:
 def one_run(name: str, capture: Path, frames_in: int, port: int,
             env: dict[str, str] | None) -> dict[str, float]:
     folder = benchlib.DATA / name
-    battery = f'interface = "replay"\npath = "{capture}"\nspeed = "max"'
+    battery = {"interface": "replay", "path": str(capture), "speed": "max"}
     pipeline = benchlib.write_pipeline(folder, battery, port=port)
     run = benchlib.run_canbridge(pipeline, log=folder / "canbridge.log", env=env)
     if run.exit_code != 0:

@@ -28,7 +28,7 @@ WAIT_SECS = 10.0
 
 def one_run(index: int, capture: benchlib.Path, port: int) -> tuple[float, float]:
     folder = benchlib.DATA / f"startup-{index}"
-    battery = f'interface = "replay"\npath = "{capture}"\nspeed = 1.0'
+    battery = {"interface": "replay", "path": str(capture), "speed": 1.0}
     pipeline = benchlib.write_pipeline(folder, battery, port=port, record_inverter=True)
     record = folder / "inverter.log"
     child = benchlib.Child(pipeline, log=folder / "canbridge.log")

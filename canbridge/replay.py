@@ -123,7 +123,6 @@ class ReplayBus(BusHandle):
                 return
             if self._stop.is_set():
                 return
-            msg.timestamp = self.clock.now()
             self.frames_in += 1
             deliver(self, msg)
         self.finished = True

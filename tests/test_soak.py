@@ -94,8 +94,8 @@ def test_soak(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     restart_every = SOAK_SECS / 10
     warmup = min(60.0, SOAK_SECS / 5)
     with Mosquitto(tmp_path / "mosquitto") as broker:
-        battery = (f'interface = "replay"\npath = "{capture}"\nspeed = 1.0\n'
-                   f'record = "{tmp_path}/run/battery.log"')
+        battery = {"interface": "replay", "path": str(capture), "speed": 1.0,
+                   "record": str(tmp_path / "run" / "battery.log")}
         pipeline = benchlib.write_pipeline(tmp_path / "run", battery, port=broker.port,
                                            record_inverter=True, stale_after=STALE_AFTER)
         child = benchlib.Child(pipeline, "--duration", str(SOAK_SECS),
