@@ -23,9 +23,20 @@ from canbridge.schema import (
     Table,
     Text,
 )
-from canbridge.signals import LatestValues, Update, Value
+from canbridge.signals import (
+    ALARM_REPORT,
+    REPORT_NONE,
+    REPORT_RECEIVED,
+    LatestValues,
+    Update,
+    Value,
+    is_condition,
+)
 
 __all__ = [
+    "ALARM_REPORT",
+    "REPORT_NONE",
+    "REPORT_RECEIVED",
     "REQUIRED",
     "BusRef",
     "Choice",
@@ -51,4 +62,5 @@ __all__ = [
     "Value",
     "__version__",
     "hookimpl",
+    "is_condition",
 ]

@@ -104,6 +104,13 @@ class Component:
         return cls.options
 
     @classmethod
+    def presets(cls, table: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Defaults that depend on the table as written (an inverter profile, say): they
+        replace the schema's defaults, and an option set in the table wins over them.
+        Called before any option is checked, so it must accept anything."""
+        return {}
+
+    @classmethod
     def check(cls, config: Mapping[str, Any]) -> Iterable[tuple[str, str] | OptionError]:
         """Checks across options, after each passed its own: (key, problem) pairs, or an
         `OptionError(key, message, warning=True)` for something allowed but unwise."""

@@ -64,9 +64,12 @@ REPLAY_ONLY = ("path", "speed", "loop")
 FORWARD_OPTIONS = (
     Option("from_bus", BusRef(non_empty=True), schema.REQUIRED, "bus the frames come from"),
     Option("to_bus", BusRef(non_empty=True), schema.REQUIRED, "bus the frames are copied to"),
-    Option("ids", ListOf(Integer(min=0, max=0x1FFFFFFF), non_empty=True), schema.REQUIRED,
-           "CAN IDs to copy (standard or extended); nothing else is copied"),
+    Option("ids", ListOf(Integer(min=0, max=0x1FFFFFFF)), [],
+           "11-bit CAN IDs to copy; a frame is copied only with the width it is listed in"),
+    Option("extended_ids", ListOf(Integer(min=0, max=0x1FFFFFFF)), [],
+           "29-bit CAN IDs to copy (Schneider sends its 0x305 so)"),
 )
+MAX_STANDARD_ID = 0x7FF
 
 
 def core_tables() -> dict[str, tuple[Option, ...]]:
@@ -342,7 +345,8 @@ def _check_components(sections: dict[str, dict[str, dict[str, Any]]], registry: 
                         f"move it to [{_section_of(cls.kind)}.{name}]")
                 continue
             options = cls.schema()
-            values, errors = apply_schema(options, {k: v for k, v in table.items() if k != "type"})
+            given = {k: v for k, v in table.items() if k != "type"}
+            values, errors = apply_schema(options, given, presets=cls.presets(given))
             out.add_option_errors(path, errors)
             _resolve_paths(options, values, folder)
             if not errors:
@@ -376,6 +380,14 @@ def _check_forwards(given: dict[str, dict[str, Any]], buses: dict[str, dict[str,
                 out.add(["forwards", name, key], _no_bus(bus, buses))
         if values.get("from_bus") is not None and values.get("from_bus") == values.get("to_bus"):
             out.add(["forwards", name, "to_bus"], "is the same bus as from_bus")
+        wide = [i for i in values.get("ids") or () if i > MAX_STANDARD_ID]
+        if wide:
+            listed = ", ".join(f"0x{i:X}" for i in wide)
+            out.add(["forwards", name, "ids"], f"{listed} is not an 11-bit ID (<= 0x7FF): "
+                    "list 29-bit IDs in extended_ids")
+        if not errors and not values["ids"] and not values["extended_ids"]:
+            out.add(["forwards", name, "ids"], "give the IDs to copy in ids (11-bit) or "
+                    "extended_ids (29-bit)")
         forwards[name] = values
     return forwards
 
@@ -383,7 +395,8 @@ def _check_forwards(given: dict[str, dict[str, Any]], buses: dict[str, dict[str,
 def _check_forwarded_ids(forwards: dict[str, dict[str, Any]], specs: list[ComponentSpec],
                          out: _Collector) -> None:
     for name, values in forwards.items():
-        ids = set(values.get("ids") or ())
+        # An ID another node owns is refused in either width.
+        ids = {*(values.get("ids") or ()), *(values.get("extended_ids") or ())}
         for spec in specs:
             owned = sorted(ids & spec.cls.foreign_ids)
             if owned and spec.values.get("bus") == values.get("to_bus"):

@@ -52,7 +52,8 @@ class Engine:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._stopping = False
         self._frame_handlers: dict[str, list[tuple[Component, Callable[[can.Message], None]]]] = {}
-        self._forwards: dict[str, list[tuple[frozenset[int], BusHandle]]] = {}
+        # Per source bus: the (ID, is 29-bit) pairs to copy and the target bus.
+        self._forwards: dict[str, list[tuple[frozenset[tuple[int, bool]], BusHandle]]] = {}
         self._errors_log = RateLimitedLog(log, self.clock)
         self._started_wall = time.time()
         self._next_housekeeping = 0.0
@@ -90,7 +91,9 @@ class Engine:
             self.components[source]._emit = self._emitter(targets)
         for values in self.config.forwards.values():
             self._forwards.setdefault(values["from_bus"], []).append(
-                (frozenset(values["ids"]), self.buses[values["to_bus"]]))
+                (frozenset([*((i, False) for i in values["ids"]),
+                            *((i, True) for i in values["extended_ids"])]),
+                 self.buses[values["to_bus"]]))
 
     def _emitter(self, consumers: list[tuple[Component, Callable[[Update], None]]]
                  ) -> Callable[[Update], None]:
@@ -264,7 +267,7 @@ class Engine:
             except Exception as exc:
                 self._component_failed(component, "on_frame", exc)
         for ids, target in self._forwards.get(bus.name, ()):
-            if msg.arbitration_id in ids and not msg.is_error_frame:
+            if (msg.arbitration_id, msg.is_extended_id) in ids and not msg.is_error_frame:
                 target.send(can.Message(
                     arbitration_id=msg.arbitration_id, is_extended_id=msg.is_extended_id,
                     is_remote_frame=msg.is_remote_frame, dlc=msg.dlc, data=msg.data,

@@ -270,9 +270,14 @@ def did_you_mean(word: str, candidates: Iterable[str]) -> str:
 
 
 def apply_schema(
-    options: Sequence[Option], table: Mapping[str, Any], *, ignore: Iterable[str] = ()
+    options: Sequence[Option], table: Mapping[str, Any], *, ignore: Iterable[str] = (),
+    presets: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, Any], list[OptionError]]:
-    """Check `table` against `options`: every problem at once, and the values with defaults."""
+    """Check `table` against `options`: every problem at once, and the values with defaults.
+
+    `presets` (a profile's values, say) replace the schema's defaults; an option given in
+    `table` always wins over both."""
+    presets = presets or {}
     known = {option.name: option for option in options}
     skip = set(ignore)
     values: dict[str, Any] = {}
@@ -287,6 +292,11 @@ def apply_schema(
                 values[option.name] = option.kind.check(table[option.name])
             except ValueError as exc:
                 problems.append(OptionError(option.name, str(exc)))
+        elif option.name in presets:
+            try:
+                values[option.name] = option.kind.check(presets[option.name])
+            except ValueError as exc:
+                problems.append(OptionError(option.name, f"preset value: {exc}"))
         elif option.required:
             problems.append(OptionError(option.name, "missing required option"))
         else:

@@ -12,6 +12,19 @@ from collections.abc import Iterator, Mapping
 Value = float | int | bool | str
 """A signal value: a number in its physical unit, a flag, or text."""
 
+ALARM_REPORT = "alarm_report"
+"""Carried by every update that is an alarm report (everything one alarm frame says): its
+value is REPORT_RECEIVED. A battery protocol without alarms says so explicitly by sending
+REPORT_NONE with each update of its limits. A report replaces the previous one as a whole."""
+REPORT_RECEIVED = "received"
+REPORT_NONE = "none"
+CONDITION_PREFIXES = ("alarm_", "warning_")
+
+
+def is_condition(name: str) -> bool:
+    """An `alarm_<condition>` or `warning_<condition>` signal (not `alarm_report`)."""
+    return name.startswith(CONDITION_PREFIXES) and name != ALARM_REPORT
+
 
 class Update:
     """Signal values produced together at one pipeline-clock time. Treat as read-only:
@@ -47,7 +60,13 @@ class LatestValues:
         self._times: dict[str, float] = {}
 
     def apply(self, update: Update) -> None:
+        """Take the update's values; an alarm report first forgets every alarm and warning
+        the previous report set, so a condition it does not mention is no longer active."""
         ts = update.timestamp
+        if ALARM_REPORT in update.values:
+            for name in [n for n in self._values if is_condition(n)]:
+                del self._values[name]
+                del self._times[name]
         for name, value in update.values.items():
             self._values[name] = value
             self._times[name] = ts

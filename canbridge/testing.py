@@ -27,7 +27,7 @@ def build(cls: type[C], options: Mapping[str, Any], *, name: str = "under_test",
           clock: Clock | None = None, buses: Mapping[str, BusHandle] | None = None,
           dry_run: bool = False, start: bool = True, **context: Any) -> C:
     """Check `options` against the type's schema (raising on any problem) and build it."""
-    values, problems = apply_schema(cls.schema(), dict(options))
+    values, problems = apply_schema(cls.schema(), dict(options), presets=cls.presets(options))
     messages = [f"{p.key}: {p.message}" for p in problems]
     if not problems:
         for problem in cls.check(values):

@@ -26,7 +26,17 @@ from typing import TYPE_CHECKING, Any
 
 import can
 
-from canbridge import BusRef, Context, Option, Source, Update, Value, hookimpl
+from canbridge import (
+    ALARM_REPORT,
+    REPORT_RECEIVED,
+    BusRef,
+    Context,
+    Option,
+    Source,
+    Update,
+    Value,
+    hookimpl,
+)
 from canbridge.databases import builtin_dbc, load_dbc
 
 if TYPE_CHECKING:
@@ -221,9 +231,12 @@ class DiscoverLynk2(Source):
     # -- what a DBC cannot say ----------------------------------------------------------
 
     def _alarms(self, values: dict[str, Any]) -> Values:
-        """1 = active, 2 = normal; 0 and 3 = not supported, so the signal stays absent."""
-        return {name: raw == ACTIVE for name, raw in values.items()
-                if raw in REPORTED and name in self._alarm_names}
+        """One alarm report: 1 = active, 2 = normal; 0 and 3 = not supported, so the signal
+        is absent, and the report replacing the previous one whole clears it."""
+        report: Values = {name: raw == ACTIVE for name, raw in values.items()
+                          if raw in REPORTED and name in self._alarm_names}
+        report[ALARM_REPORT] = REPORT_RECEIVED
+        return report
 
     @staticmethod
     def _manufacturer(values: dict[str, Any]) -> Values | None:

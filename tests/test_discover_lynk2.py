@@ -37,7 +37,8 @@ FIELDS = {
 }
 RESERVED = (9, 12, 13, 22, 25, 26, 27)
 # What the steady frame says: fields 1-8 and 14-21 normal, everything else not supported.
-STEADY_VALUES = {name: False for name, k in FIELDS.items() if 1 <= k <= 8 or 14 <= k <= 21}
+STEADY_VALUES = {**{name: False for name, k in FIELDS.items() if 1 <= k <= 8 or 14 <= k <= 21},
+                 "alarm_report": "received"}
 
 
 def make_source(clock: Clock | None = None) -> tuple[DiscoverLynk2, list[Update]]:
@@ -279,6 +280,9 @@ def test_any_frame_never_raises_and_never_emits_out_of_range(frames: list[can.Me
             for name, value in update.values.items():
                 if isinstance(value, bool):
                     assert name in FIELDS
+                elif name == "alarm_report":
+                    assert value == "received"
+                    assert msg.arbitration_id == 0x35A
                 elif isinstance(value, str):
                     assert name in TEXT_SIGNALS
                 else:

@@ -28,11 +28,13 @@ T0 = 1000.0
 SINK_LOG = "canbridge.under_test"
 BURST_ORDER = list(BURST_IDS)
 
-# The LYNK II sample capture's first second, as the discover-lynk2 source reports it.
+# The LYNK II sample capture's first second, as the discover-lynk2 source reports it
+# (its 0x35A alarm report included).
 LYNK_SAMPLE: dict[str, Any] = {
     "charge_voltage_limit": 55.9, "charge_current_limit": 282.0,
     "discharge_current_limit": 282.0, "discharge_voltage_limit": 43.2,
     "soc": 72, "soh": 100, "voltage": 53.5, "current": 0.4, "temperature": 28.0,
+    "alarm_report": "received",
 }
 ALARMS = ("general", "high_voltage", "low_voltage", "high_temp_discharge", "low_temp_discharge",
           "high_temp_charge", "low_temp_charge", "high_discharge_current", "high_charge_current",
@@ -45,6 +47,15 @@ NORMAL_BURST = {
     0x359: "00 00 00 00 01 50 4E",
     0x35C: "C0 00",
     0x35E: "50 59 4C 4F 4E 20 20 20",
+}
+
+# Values complete but no alarm report yet (the first burst of every run): both directions
+# stopped with their stop limits, system error, every other value flowing.
+NO_REPORT_BURST = {
+    **NORMAL_BURST,
+    0x351: "2F 02 00 00 00 00 B0 01",
+    0x359: "00 08 00 00 01 50 4E",
+    0x35C: "00 00",
 }
 
 
@@ -171,7 +182,8 @@ def test_the_real_pylontech_capture_is_reproduced(make_rig):
     burst = one_burst(rig, {
         "charge_voltage_limit": 53.2, "charge_current_limit": 480.0,
         "discharge_current_limit": 480.0, "discharge_voltage_limit": 45.0, "soc": 88,
-        "soh": 94, "voltage": 49.86, "current": -27.0, "temperature": 36.3})
+        "soh": 94, "voltage": 49.86, "current": -27.0, "temperature": 36.3,
+        "alarm_report": "received"})
     assert hexes(burst) == {
         0x351: "14 02 C0 12 C0 12 C2 01", 0x355: "58 00 5E 00", 0x356: "7A 13 F2 FE 6B 01",
         0x359: "00 00 00 00 06 50 4E", 0x35C: "C0 00", 0x35E: "50 59 4C 4F 4E 20 20 20"}
@@ -190,28 +202,29 @@ def test_values_are_rounded_and_limits_never_rounded_up(make_rig):
 
 
 def test_out_of_range_values_saturate_instead_of_wrapping(make_rig, caplog):
-    rig = make_rig()
+    rig = make_rig(plausible_voltage_max=1000.0)
     with caplog.at_level(logging.WARNING):
         burst = one_burst(rig, {**LYNK_SAMPLE, "charge_current_limit": 4000.0,
-                                "discharge_current_limit": -5.0, "voltage": 400.0})
+                                "voltage": 400.0})
     values = decode_burst(burst)
     assert values["charge_current_limit"] == 3276.7
-    assert values["discharge_current_limit"] == 0.0  # never sent negative
     assert values["voltage"] == 327.67
-    assert values["flags"] == 0x80  # DCL 0: discharge disabled
-    assert "clamped: charge_current_limit, discharge_current_limit, voltage" in caplog.text
+    assert values["flags"] == 0xC0
+    assert "clamped: charge_current_limit, voltage" in caplog.text
 
 
 finite_values = st.fixed_dictionaries({
-    "charge_voltage_limit": st.integers(400, 600).map(lambda r: r / 10),
-    "charge_current_limit": st.integers(0, 3000).map(lambda r: r / 10),
-    "discharge_current_limit": st.integers(0, 3000).map(lambda r: r / 10),
-    "discharge_voltage_limit": st.integers(380, 480).map(lambda r: r / 10),
+    "charge_voltage_limit": st.integers(490, 600).map(lambda r: r / 10),
+    "charge_current_limit": st.integers(1, 3000).map(lambda r: r / 10),
+    "discharge_current_limit": st.integers(1, 3000).map(lambda r: r / 10),
+    "discharge_voltage_limit": st.integers(400, 480).map(lambda r: r / 10),
     "soc": st.integers(0, 100), "soh": st.integers(0, 100),
-    "voltage": st.integers(3000, 6500).map(lambda r: r / 100),
+    "voltage": st.integers(4000, 6500).map(lambda r: r / 100),
     "current": st.integers(-3000, 3000).map(lambda r: r / 10),
     "temperature": st.integers(-400, 800).map(lambda r: r / 10),
+    "alarm_report": st.just("received"),
 })
+NUMBERS = [name for name in LYNK_SAMPLE if name != "alarm_report"]
 
 
 def test_sent_frames_decode_back_to_the_input_with_both_decoders(make_rig):
@@ -227,7 +240,8 @@ def test_sent_frames_decode_back_to_the_input_with_both_decoders(make_rig):
         by_dbc = {}
         for frame_id in BURST_ORDER:
             by_dbc.update(db.decode_message(frame_id, burst[frame_id], decode_choices=False))
-        for name, value in values.items():
+        for name in NUMBERS:
+            value = values[name]
             assert independent[name] == pytest.approx(value, abs=1e-9), name
             assert by_dbc[name] == pytest.approx(value, abs=1e-9), name
         assert independent["modules"] == by_dbc["module_count"] == 3
@@ -437,7 +451,7 @@ def test_the_first_burst_goes_out_as_soon_as_the_data_is_complete(make_rig, capl
     assert [at for at, _ in rig.sent] == [complete] * 6
     assert hexes(rig.bursts()[complete]) == NORMAL_BURST
     assert [r.getMessage() for r in caplog.records if r.name == SINK_LOG] == [
-        "battery data complete: sending Pylontech frames every 0.7 s"]
+        "battery data complete: sending Pylontech frames every 0.7 s (inverter profile generic)"]
     for second in (2, 3, 4):  # later updates, off the burst phase, do not move it
         rig.feed(T0 + second + 0.5, {**LYNK_SAMPLE, **QUIET})
     rig.run_until(complete + 5 * 0.7)
@@ -473,7 +487,7 @@ def test_stale_data_enters_the_safe_state_in_time_and_fresh_data_ends_it(make_ri
             assert hexes(bursts[first + n]) == SAFE_BURST
         status = rig.sink.status()
         assert status["state"] == "safe"
-        assert status["safety"] == "safe: battery data stale"
+        assert status["safety"] == "safe: battery data stale (no battery update for 6.0 s)"
         assert status["stale_secs"] == pytest.approx(10.0 - 0.3 - 5.0)
         assert status["last_seen_age"] == pytest.approx(9.7)
 
@@ -486,7 +500,8 @@ def test_stale_data_enters_the_safe_state_in_time_and_fresh_data_ends_it(make_ri
         assert rig.sink.status()["stale_secs"] == 0.0
     lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == SINK_LOG]
     assert lines == [
-        ("INFO", "battery data complete: sending Pylontech frames every 1 s"),
+        ("INFO", "battery data complete: sending Pylontech frames every 1 s "
+                 "(inverter profile generic)"),
         ("WARNING", "battery data stale (no battery update for 6.0 s): safe state: "
                     "CCL = DCL = 0, charge and discharge disabled"),
         ("INFO", "battery data fresh again: safe state ended"),
@@ -498,7 +513,7 @@ def test_stale_data_enters_the_safe_state_in_time_and_fresh_data_ends_it(make_ri
     lambda n: n / 10), last=st.floats(0.01, 3.0))
 def test_the_safe_state_starts_within_stale_after_plus_one_period(period, stale, last):
     rig = Rig(period_secs=period, stale_after_secs=max(stale, period))
-    stale = rig.sink.stale_after
+    stale = rig.sink.model.stale_after
     try:
         rig.feed(T0 + last, LYNK_SAMPLE)
         rig.run_until(T0 + last + stale + 2 * period)
@@ -596,7 +611,8 @@ def test_status_before_anything_arrived(make_rig):
     rig = make_rig()
     rig.run_until(T0 + 8.0)
     assert rig.sink.status() == {
-        "state": "waiting", "safety": "waiting for battery data", "frames_in": 0,
+        "state": "waiting", "profile": "generic", "safety": "waiting for battery data",
+        "implausible": 0, "alarm_report_age": None, "alarms_supported": True, "frames_in": 0,
         "frames_out": 0, "bursts": 0, "errors": 0, "last_seen_age": None,
         "stale_secs": 3.0, "inverter_alive": False, "inverter_last_seen_age": None}
 

@@ -20,7 +20,7 @@ import can
 import pytest
 import tomli_w
 from canbridge_plugins.pylontech import BURST_IDS, PylontechSink
-from test_pylontech import NORMAL_BURST, SAFE_BURST, decode_burst, hexes
+from test_pylontech import NO_REPORT_BURST, NORMAL_BURST, SAFE_BURST, decode_burst, hexes
 
 from canbridge import Clock, Update
 from canbridge.testing import build, run_timers, virtual_bus
@@ -84,10 +84,12 @@ def test_the_sample_capture_gives_the_golden_bytes_once_a_second(tmp_path):
     bursts = bursts_of(recorded(tmp_path / "inverter.log"))
     # The first complete data set: the capture's first 0x356 (its first frame + 4 ms). The
     # first burst goes out then, the others once a second after it, to the capture's end.
+    # The first 0x35A comes 0.5 ms after the first burst: until then no direction is enabled.
     first = 1745512155.004
     assert sorted(bursts) == [round(first + n, 6) for n in range(8)]
-    assert hexes(bursts[first]) == NORMAL_BURST
-    assert {hexes(b)[0x35C] for b in bursts.values()} == {"C0 00"}
+    assert hexes(bursts[first]) == NO_REPORT_BURST
+    assert hexes(bursts[round(first + 1, 6)])[0x351] == NORMAL_BURST[0x351]
+    assert [hexes(b)[0x35C] for _, b in sorted(bursts.items())] == ["00 00"] + ["C0 00"] * 7
     status = json.loads((tmp_path / "status.json").read_text())["components"]["inverter"]
     assert (status["state"], status["frames_out"], status["errors"]) == ("ok", 48, 0)
 
@@ -153,10 +155,12 @@ def test_glitch_alarm_and_silence_reach_the_inverter_at_the_right_times(tmp_path
     # and 0x35A (current, alarms) of second n - 1.
     first = T0 + 0.303
     assert sorted(bursts) == [round(first + n, 6) for n in range(LAST_SECOND + 1)]
-    for n in range(LAST_SECOND + 1):
+    # Second 0's 0x35A (T0 + 0.304) comes just after the first burst.
+    assert hexes(bursts[round(first, 6)]) == {**NO_REPORT_BURST, 0x356: "E6 14 00 00 18 01"}
+    for n in range(1, LAST_SECOND + 1):
         at = round(first + n, 6)
         burst, sent = hexes(bursts[at]), decode_burst(bursts[at])
-        data_second = max(n - 1, 0)
+        data_second = n - 1
         if 24 <= n <= 30:
             # Last data at T0 + 19.300 (0x351) to 19.303 (0x356): 0x351 and 0x355 are over
             # 5 s old at T0 + 24.303, so that burst is safe, 5.003 s after the last 0x351,
@@ -168,18 +172,23 @@ def test_glitch_alarm_and_silence_reach_the_inverter_at_the_right_times(tmp_path
         assert sent["current"] == pytest.approx(data_second / 10), n
         assert sent["voltage"] == 53.5, n  # the 46.3 V glitch of second 5 never gets out
         if data_second in ALARM_SECONDS:
+            # The over-voltage alarm stops charging by flag and by limit together.
             assert (burst[0x359], burst[0x35C]) == ("02 00 00 00 01 50 4E", "40 00"), n
+            assert burst[0x351] == "2F 02 00 00 04 0B B0 01", n
         else:
             assert (burst[0x359], burst[0x35C]) == ("00 00 00 00 01 50 4E", "C0 00"), n
-        assert burst[0x351] == NORMAL_BURST[0x351]
+            assert burst[0x351] == NORMAL_BURST[0x351], n
 
     status = json.loads((tmp_path / "status.json").read_text())["components"]["inverter"]
     assert (status["state"], status["errors"]) == ("ok", 0)
-    warnings = [line for line in result.stderr.splitlines() if "WARNING canbridge.inverter" in line]
-    assert len(warnings) == 1, result.stderr
-    assert ("battery data stale (charge_voltage_limit 5.0 s old, charge_current_limit 5.0 s "
-            "old, discharge_current_limit 5.0 s old, discharge_voltage_limit 5.0 s old, soc "
-            "5.0 s old)") in warnings[0]  # 0x356's signals are exactly 5 s old: still fresh
+    warnings = [line.split("WARNING canbridge.inverter: ")[1]
+                for line in result.stderr.splitlines() if "WARNING canbridge.inverter" in line]
+    assert warnings == [
+        "charge disabled: alarm_high_voltage",
+        "battery data stale (charge_voltage_limit 5.0 s old, charge_current_limit 5.0 s "
+        "old, discharge_current_limit 5.0 s old, discharge_voltage_limit 5.0 s old, soc "
+        "5.0 s old): safe state: CCL = DCL = 0, charge and discharge disabled",
+    ], result.stderr  # 0x356's signals are exactly 5 s old: still fresh
 
 
 def test_the_inverter_keepalive_through_the_engine_in_both_id_forms(tmp_path):
@@ -234,7 +243,8 @@ def test_the_demo_runs_without_can_hardware(tmp_path):
     # into it), then one a second: at about 0, 1 and 2 s of the 2.3 s run
     assert len(bursts) == 3
     assert {hexes(b)[0x35E] for b in bursts.values()} == {NORMAL_BURST[0x35E]}
-    assert {hexes(b)[0x35C] for b in bursts.values()} == {"C0 00"}
+    # The first burst precedes the first alarm report (0x35A): no direction enabled yet.
+    assert [hexes(b)[0x35C] for _, b in sorted(bursts.items())] == ["00 00", "C0 00", "C0 00"]
 
 
 # -- speed ------------------------------------------------------------------------------
@@ -249,7 +259,7 @@ def test_a_day_of_bursts_takes_seconds_not_minutes():
                  buses={"inverter": handle}, dry_run=True)
     values = {"charge_voltage_limit": 55.9, "charge_current_limit": 282.0,
               "discharge_current_limit": 282.0, "discharge_voltage_limit": 43.2, "soc": 72,
-              "voltage": 53.5, "current": 0.4, "temperature": 28.0}
+              "voltage": 53.5, "current": 0.4, "temperature": 28.0, "alarm_report": "received"}
     started = time.perf_counter()
     for second in range(21_600):
         run_timers(clock, second + 0.5)  # the clock at the update's time: bursts at n + 0.5

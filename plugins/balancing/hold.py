@@ -24,7 +24,18 @@ import pathlib
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeGuard
 
-from canbridge import Context, Number, Option, Path, Timer, Transform, Update, Value
+from canbridge import (
+    ALARM_REPORT,
+    Context,
+    Number,
+    Option,
+    Path,
+    Timer,
+    Transform,
+    Update,
+    Value,
+    is_condition,
+)
 
 from .state import (
     CorruptState,
@@ -145,13 +156,19 @@ class CellBalancing(Transform):
         self.emit(update)
 
     def _apply_alarms(self, values: Mapping[str, Value]) -> bool:
-        """Track active alarms; end a hold when one is on. True when a hold ended."""
-        for key, value in values.items():
-            if key.startswith("alarm_"):
-                if value:
-                    self._alarms.add(key)
-                else:
-                    self._alarms.discard(key)
+        """Track active alarms; end a hold when one is on. True when a hold ended.
+
+        An alarm report replaces the previous one whole (signals.md)."""
+        if ALARM_REPORT in values:
+            self._alarms = {key for key, value in values.items()
+                            if key.startswith("alarm_") and is_condition(key) and value is True}
+        else:
+            for key, value in values.items():
+                if key.startswith("alarm_") and is_condition(key):
+                    if value is True:
+                        self._alarms.add(key)
+                    else:
+                        self._alarms.discard(key)
         if self._alarms and self.holding:
             self._end_early(", ".join(sorted(self._alarms)) + " active")
             return True

@@ -19,6 +19,7 @@ from pathlib import Path as FilePath
 from typing import Any
 
 from canbridge import (
+    ALARM_REPORT,
     Choice,
     Flag,
     Integer,
@@ -41,6 +42,10 @@ NODE_ID = re.compile(r"[A-Za-z0-9_-]+")
 IDENTITY = ("manufacturer", "model")
 MAX_NAME_SETS = 64
 """Distinct sets of signal names remembered by `_kinds` (one per frame type, in practice)."""
+
+
+def _active_alarms(latest: LatestValues) -> set[str]:
+    return {name for name in latest if name.startswith("alarm_") and latest[name] is True}
 
 
 def _json_value(value: Value) -> Value | None:
@@ -177,11 +182,17 @@ class MqttSink(Sink):
         get = latest.get
         values = update.values
         alarms, identity = self._kinds(values)
-        alarm_changed = bool(alarms) and any(bool(get(name, False)) != bool(values[name])
-                                             for name in alarms)
         identity_changed = bool(identity) and any(get(name) != values[name]
                                                   for name in identity)
-        latest.apply(update)
+        if ALARM_REPORT in values:
+            # A report replaces the last one whole: an alarm it leaves out has ended too.
+            before = _active_alarms(latest)
+            latest.apply(update)
+            alarm_changed = _active_alarms(latest) != before
+        else:
+            alarm_changed = bool(alarms) and any(bool(get(name, False)) != bool(values[name])
+                                                 for name in alarms)
+            latest.apply(update)
         if self.link is None:
             return
         if self.config["discovery"] and (identity_changed
