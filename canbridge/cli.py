@@ -174,6 +174,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _plugins(args: argparse.Namespace) -> int:
+    from canbridge import profiles
     from canbridge.schema import describe_default
 
     del args
@@ -190,6 +191,12 @@ def _plugins(args: argparse.Namespace) -> int:
             for option in cls.schema():
                 print(f"    {option.name} = {describe_default(option)}  "
                       f"({option.kind.describe()}) {option.help}")
+    print("inverter profiles (inverter = NAME on an inverter sink):")
+    for name in profiles.names():
+        profile = profiles.load(name)
+        sets = ", ".join(f"{key} = {value!r}" for key, value in profile.options.items())
+        print(f"  {name}: {profile.inverters}; {profile.special}"
+              f"{f' (sets {sets})' if sets else ''}")
     return EXIT_FAILURE if registry.broken else EXIT_OK
 
 

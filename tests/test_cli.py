@@ -150,6 +150,15 @@ def test_built_in_plugins_register_through_entry_points() -> None:
     assert "console (canbridge_plugins.console" in result.stdout
 
 
+def test_plugins_lists_the_inverter_profiles() -> None:
+    result = run_canbridge("plugins")
+    assert result.returncode == 0, result.stderr
+    assert ("  sol-ark: Sol-Ark (low-voltage models); every frame 8 data bytes; 0x356 pack "
+            "voltage in 0.1 V (sets pad_to_8_bytes = True, voltage_resolution = 0.1)"
+            ) in result.stdout.splitlines()
+    assert "    inverter = \"generic\"  (one of \"generic\", \"deye\"," in result.stdout
+
+
 def test_dbc_lists_and_shows_the_shipped_databases() -> None:
     listing = run_canbridge("dbc")
     assert listing.returncode == 0, listing.stderr

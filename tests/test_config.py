@@ -223,3 +223,41 @@ def test_a_forward_may_not_transmit_an_id_another_node_owns(
     assert err[0] == ('P:30: forwards.wrong_way.ids: 0x305 belongs to another node on bus '
                       '"inverter" (says the pylontech component "pylon"): canbridge must never '
                       'transmit it there')
+
+
+def test_forwards_keep_the_id_width_apart(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    text = GOOD + ('\n[forwards.keepalive]\nfrom_bus = "inverter"\nto_bus = "battery"\n'
+                   'ids = [0x305, 0x1ABCDEF0]\n\n[forwards.empty]\nfrom_bus = "inverter"\n'
+                   'to_bus = "battery"\n')
+    code, err, _ = validate(tmp_path, text, capsys)
+    assert code == 2
+    assert err == [
+        "P:25: forwards.keepalive.ids: 0x1ABCDEF0 is not an 11-bit ID (<= 0x7FF): list 29-bit "
+        "IDs in extended_ids",
+        "P:27: forwards.empty.ids: give the IDs to copy in ids (11-bit) or extended_ids "
+        "(29-bit)",
+        "P: 2 problems found",
+    ]
+
+
+PYLON_SINK = '\n[sinks.pylon]\ntype = "pylontech"\ninputs = ["tag"]\nbus = "inverter"\n'
+
+
+def test_an_unknown_inverter_profile_is_refused_with_a_suggestion(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, err, _ = validate(tmp_path, GOOD + PYLON_SINK + 'inverter = "deyee"\n', capsys)
+    assert code == 2
+    assert err[0].startswith("P:26: sinks.pylon.inverter: 'deyee' is not one of \"generic\", ")
+    assert err[0].endswith('(did you mean "deye"?)')
+
+
+def test_config_shows_the_profile_values_and_an_explicit_option_wins(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = GOOD + PYLON_SINK + 'inverter = "sol-ark"\npad_to_8_bytes = false\n'
+    code, err, out = validate(tmp_path, text, capsys, command="config")
+    assert code == 0, err
+    sink = tomllib.loads(out)["sinks"]["pylon"]
+    assert (sink["inverter"], sink["voltage_resolution"], sink["pad_to_8_bytes"]) == (
+        "sol-ark", 0.1, False)
+    assert sink["stop_charge_by"] == "current"

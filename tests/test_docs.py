@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from conftest import REPO
 
-from canbridge.optiondocs import main, render
+from canbridge import profiles
+from canbridge.optiondocs import INVERTERS_BEGIN, INVERTERS_END, main, render
 from canbridge.registry import load_registry
 
 
@@ -20,3 +21,14 @@ def test_every_built_in_type_and_option_is_documented() -> None:
         assert f'type = "{type_name}"' in text
         for option in cls.schema():
             assert f"| `{option.name}` |" in text
+
+
+def test_the_readme_inverter_table_lists_every_profile_and_its_sources() -> None:
+    text = (REPO / "README.md").read_text()
+    table = text[text.index(INVERTERS_BEGIN):text.index(INVERTERS_END)]
+    for name in profiles.names():
+        profile = profiles.load(name)
+        assert f"| `{name}` |" in table
+        for source in profile.sources.values():
+            assert source in table
+    assert "| yes |" not in table  # nothing is confirmed on real hardware yet

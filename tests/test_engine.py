@@ -127,7 +127,16 @@ bus = "battery"
         pair for i in range(5) for pair in ((0x20 + i, True), (0x120 + i, False))]
 
 
-def test_forwards_copy_only_the_listed_ids_unchanged(tmp_path: Path, channel: str) -> None:
+@pytest.mark.parametrize(("lists", "expected"), [
+    ("ids = [0x305]\nextended_ids = [0x1ABCDEF0]",
+     [(0x305, False), (0x1ABCDEF0, True)]),
+    ("ids = [0x305]\nextended_ids = [0x305, 0x1ABCDEF0]",
+     [(0x305, False), (0x305, True), (0x1ABCDEF0, True)]),
+    ("extended_ids = [0x305]", [(0x305, True)]),
+], ids=["11-bit rule", "both widths", "29-bit rule (Schneider)"])
+def test_forwards_copy_only_the_listed_ids_in_their_width(tmp_path: Path, channel: str,
+                                                          lists: str, expected: list) -> None:
+    """The ID width is part of the ID: each frame is matched and copied as it was received."""
     capture = tmp_path / "c.log"
     writer = can.io.CanutilsLogWriter(str(capture))
     for ts, frame_id, extended in [(T0, 0x305, False), (T0 + 0.1, 0x300, False),
@@ -146,16 +155,15 @@ channel = "{channel}"
 [forwards.keepalive]
 from_bus = "battery"
 to_bus = "inverter"
-ids = [0x305]
-extended_ids = [0x1ABCDEF0]
+{lists}
 """)
         got = []
         while (msg := listener.recv(timeout=0.2)) is not None:
-            got.append((msg.arbitration_id, msg.is_extended_id, bytes(msg.data)))
+            got.append((msg.arbitration_id, msg.is_extended_id))
+            assert bytes(msg.data) == b"\x00" * 8
     finally:
         listener.shutdown()
-    # The ID width is part of the ID: the 29-bit 0x305 is not listed, so not copied.
-    assert got == [(0x305, False, b"\x00" * 8), (0x1ABCDEF0, True, b"\x00" * 8)]
+    assert got == expected
 
 
 def test_a_failing_bus_does_not_stop_the_others(tmp_path: Path, channel: str,

@@ -140,6 +140,13 @@ def test_discovery_state_availability_and_clean_stop(broker, make_sink):
         sink.on_update(Update(1005.2, {"alarm_general": True}))
         assert sub.wait(STATE, after=mark, timeout=2).json()["alarm_general"] is True
 
+        # a report that leaves it out (now "not supported") ends it, also at once
+        mark = sub.mark()
+        sink.on_update(Update(1005.3, {"alarm_report": "received", "alarm_high_voltage": False}))
+        ended = sub.wait(STATE, after=mark, timeout=2).json()
+        assert "alarm_general" not in ended
+        assert (ended["alarm_high_voltage"], ended["alarm_report"]) == (False, "received")
+
         # Home Assistant restarting asks for discovery again
         mark = sub.mark()
         sub.publish("homeassistant/status", "online")

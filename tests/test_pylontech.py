@@ -64,10 +64,11 @@ def hexes(burst: Mapping[int, bytes]) -> dict[int, str]:
 
 
 def decode_burst(burst: Mapping[int, bytes]) -> dict[str, Any]:
-    """Independent of the DBC: offsets, types and scales straight from pylontech.md."""
-    cvl, ccl, dcl, dvl = struct.unpack("<HhhH", burst[0x351])
-    soc, soh = struct.unpack("<HH", burst[0x355])
-    voltage, current, temperature = struct.unpack("<hhh", burst[0x356])
+    """Independent of the DBC: offsets, types and scales straight from pylontech.md (frames
+    padded to 8 bytes decode the same)."""
+    cvl, ccl, dcl, dvl = struct.unpack_from("<HhhH", burst[0x351])
+    soc, soh = struct.unpack_from("<HH", burst[0x355])
+    voltage, current, temperature = struct.unpack_from("<hhh", burst[0x356])
     alarm = burst[0x359]
     return {
         "charge_voltage_limit": cvl / 10, "charge_current_limit": ccl / 10,
