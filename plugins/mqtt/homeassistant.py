@@ -63,6 +63,7 @@ SIGNALS: dict[str, SignalInfo] = {
     "model": _identity("Model"),
     "firmware_version": _identity("Firmware version"),
     "protocol_version": _identity("Protocol version"),
+    "alarm_report": _identity("Alarm report"),
     "soc_reported": _measured("State of charge reported", "%", "battery"),
     "balancing_active": SignalInfo("Cell balancing", device_class="running", binary=True),
     "balancing_remaining": _measured("Cell balancing remaining", "s", "duration"),

@@ -1,0 +1,211 @@
+"""Charge shaping transforms: exact values at curve points, between them, beyond the ends,
+for stale or missing inputs, ramps in virtual time, and the one rule they share."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pytest
+from canbridge_plugins.shaping import ChargeTaper, LimitRamp, SocReserve, TemperatureDerate
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from canbridge import Update
+from canbridge.testing import build, capture
+
+LIMITS = {"charge_voltage_limit": 55.9, "charge_current_limit": 282.0,
+          "discharge_current_limit": 282.0, "discharge_voltage_limit": 43.2}
+
+
+def shaper(cls: type, name: str = "shape", **options: Any):
+    component = build(cls, {"inputs": ["lynk"], **options}, name=name)
+    return component, capture(component)
+
+
+def feed(component, out, at: float, values: dict[str, Any]) -> dict[str, Any]:
+    component.on_update(Update(at, values))
+    return dict(out[-1].values)
+
+
+# -- limit-ramp ----------------------------------------------------------------------------
+
+
+def test_a_ramp_starts_from_the_first_value_and_spreads_rises_out():
+    ramp, out = shaper(LimitRamp, amps_per_sec=10.0, volts_per_sec=0.1)
+    assert feed(ramp, out, 0.0, {**LIMITS, "charge_current_limit": 20.0}) == {
+        **LIMITS, "charge_current_limit": 20.0, "shape_active": False}
+    # 20 -> 282 A: at most 10 A/s, so 30 A one second later, 50 A after three.
+    assert feed(ramp, out, 1.0, LIMITS)["charge_current_limit"] == 30.0
+    assert feed(ramp, out, 3.0, LIMITS)["charge_current_limit"] == 50.0
+    assert ramp.status()["last_change"] == "CCL 282 → 50 A: rising at most 10 A/s"
+    # a fall passes at once, and the next rise starts from there
+    assert feed(ramp, out, 4.0, {**LIMITS, "charge_current_limit": 5.0})[
+        "charge_current_limit"] == 5.0
+    assert feed(ramp, out, 4.5, LIMITS)["charge_current_limit"] == 10.0
+    got = feed(ramp, out, 60.0, LIMITS)
+    assert got == {**LIMITS, "shape_active": False}  # caught up: unchanged, inactive
+
+
+def test_a_ramp_limits_cvl_rises_to_volts_per_sec():
+    ramp, out = shaper(LimitRamp, volts_per_sec=0.1)
+    feed(ramp, out, 0.0, {**LIMITS, "charge_voltage_limit": 53.0})
+    got = feed(ramp, out, 5.0, LIMITS)
+    assert got["charge_voltage_limit"] == pytest.approx(53.5)
+    assert got["shape_active"] is True
+    assert feed(ramp, out, 6.0, {**LIMITS, "charge_voltage_limit": 52.0})[
+        "charge_voltage_limit"] == 52.0
+
+
+# -- temperature-derate ------------------------------------------------------------------------
+
+CURVE = [[0, 20], [5, 100], [40, 282], [50, 100], [55, 0]]
+
+
+@pytest.mark.parametrize(("temperature", "ccl"), [
+    (-10.0, 20.0), (0.0, 20.0), (2.5, 60.0), (5.0, 100.0), (22.5, 191.0), (40.0, 282.0),
+    (45.0, 191.0), (55.0, 0.0), (70.0, 0.0),
+], ids=lambda v: str(v))
+def test_derate_follows_the_curve_and_holds_its_ends(temperature, ccl):
+    derate, out = shaper(TemperatureDerate, charge_curve=CURVE)
+    got = feed(derate, out, 10.0, {**LIMITS, "temperature": temperature})
+    assert got["charge_current_limit"] == pytest.approx(ccl)
+    assert got["discharge_current_limit"] == 282.0  # no discharge curve: untouched
+    assert got["shape_active"] is (ccl < 282.0)
+
+
+def test_derate_reports_what_it_changed_and_why():
+    derate, out = shaper(TemperatureDerate, charge_curve=[[0, 0], [10, 200]])
+    feed(derate, out, 1.0, {**LIMITS, "temperature": 3.0})
+    assert derate.status()["last_change"] == "CCL 282 → 60 A: 3 °C on the derate curve"
+    assert derate.status()["state"] == "active"
+
+
+def test_a_missing_or_stale_temperature_derates_to_the_lowest_value():
+    derate, out = shaper(TemperatureDerate, charge_curve=CURVE,
+                         discharge_curve=[[-20, 50], [0, 282]], stale_after_secs=60.0)
+    got = feed(derate, out, 0.0, LIMITS)  # no temperature yet
+    assert (got["charge_current_limit"], got["discharge_current_limit"]) == (0.0, 50.0)
+    feed(derate, out, 1.0, {"temperature": 40.0})
+    assert feed(derate, out, 61.0, LIMITS)["charge_current_limit"] == 282.0  # 60 s: fresh
+    got = feed(derate, out, 61.5, LIMITS)
+    assert got["charge_current_limit"] == 0.0
+    assert derate.status()["last_change"] == (
+        "CCL 282 → 0 A: temperature stale: the curve's lowest value; "
+        "DCL 282 → 50 A: temperature stale: the curve's lowest value")
+
+
+# -- charge-taper -----------------------------------------------------------------------------
+
+TAPER = [[90, 282], [95, 50], [98, 20]]
+
+
+@pytest.mark.parametrize(("soc", "ccl"), [(20, 282.0), (90, 282.0), (92.5, 166.0),
+                                          (95, 50.0), (98, 20.0), (100, 20.0)])
+def test_taper_caps_ccl_by_soc(soc, ccl):
+    taper, out = shaper(ChargeTaper, soc_points=TAPER)
+    got = feed(taper, out, 1.0, {**LIMITS, "soc": soc})
+    assert got["charge_current_limit"] == pytest.approx(ccl)
+    assert got["discharge_current_limit"] == 282.0
+
+
+def test_taper_follows_the_real_soc_during_a_balancing_hold():
+    taper, out = shaper(ChargeTaper, soc_points=TAPER)
+    got = feed(taper, out, 1.0, {**LIMITS, "soc": 98, "soc_reported": 95})
+    assert got["charge_current_limit"] == 20.0
+    assert got["soc_reported"] == 95
+
+
+def test_taper_takes_the_lower_of_soc_and_voltage_and_fails_safe_without_them():
+    taper, out = shaper(ChargeTaper, soc_points=TAPER,
+                        voltage_points=[[54.0, 282], [55.2, 30]])
+    assert feed(taper, out, 0.0, LIMITS)["charge_current_limit"] == 20.0  # neither known
+    feed(taper, out, 1.0, {"soc": 90, "voltage": 55.2})
+    assert feed(taper, out, 1.5, LIMITS)["charge_current_limit"] == 30.0
+
+
+# -- soc-reserve ------------------------------------------------------------------------------
+
+
+def test_reserve_stops_discharge_at_min_soc_and_resumes_past_the_hysteresis():
+    reserve, out = shaper(SocReserve, min_soc=20.0, hysteresis=2.0)
+    sequence = [(25, 282.0), (20, 0.0), (21, 0.0), (22, 0.0), (22.5, 282.0), (20.5, 282.0),
+                (19, 0.0)]
+    got = [feed(reserve, out, float(i), {**LIMITS, "soc": soc})["discharge_current_limit"]
+           for i, (soc, _) in enumerate(sequence)]
+    assert got == [dcl for _, dcl in sequence]
+
+
+def test_reserve_stops_charge_at_max_soc_unless_a_balancing_hold_is_on():
+    reserve, out = shaper(SocReserve, max_soc=90.0, hysteresis=2.0)
+    assert feed(reserve, out, 0.0, {**LIMITS, "soc": 90})["charge_current_limit"] == 0.0
+    assert feed(reserve, out, 1.0, {**LIMITS, "soc": 89})["charge_current_limit"] == 0.0
+    assert feed(reserve, out, 2.0, {**LIMITS, "soc": 87.5})["charge_current_limit"] == 282.0
+    feed(reserve, out, 3.0, {**LIMITS, "soc": 95})
+    assert reserve.status()["charge_stopped"] is True
+    got = feed(reserve, out, 4.0, {**LIMITS, "soc": 96, "balancing_active": True})
+    assert got["charge_current_limit"] == 282.0  # the hold must reach full
+    assert feed(reserve, out, 5.0, {**LIMITS, "balancing_active": False})[
+        "charge_current_limit"] == 0.0
+
+
+@pytest.mark.parametrize(("cls", "options", "message"), [
+    (TemperatureDerate, {}, "charge_curve: give charge_curve, discharge_curve or both"),
+    (TemperatureDerate, {"charge_curve": [[0, 10, 3]]},
+     "charge_curve: point 1: expected [°C, A], got 3 numbers"),
+    (TemperatureDerate, {"charge_curve": [[0, -1]]}, "charge_curve: point 1: -1 A is negative"),
+    (ChargeTaper, {"soc_points": [[90, 10], [90, 20]]}, "soc_points: two points at the same %"),
+    (SocReserve, {}, "min_soc: give min_soc, max_soc or both"),
+    (SocReserve, {"min_soc": 50.0, "max_soc": 53.0}, "max_soc: must be more than 2 x"),
+])
+def test_bad_options_are_refused(cls, options, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        build(cls, {"inputs": ["lynk"], **options})
+
+
+# -- the shared rule, as a property --------------------------------------------------------
+
+updates = st.lists(st.tuples(
+    st.floats(0.0, 30.0),
+    st.fixed_dictionaries({}, optional={
+        "charge_voltage_limit": st.floats(48.0, 58.0),
+        "charge_current_limit": st.floats(0.0, 400.0),
+        "discharge_current_limit": st.floats(0.0, 400.0),
+        "discharge_voltage_limit": st.floats(40.0, 48.0),
+        "soc": st.floats(0.0, 100.0), "voltage": st.floats(40.0, 60.0),
+        "temperature": st.floats(-20.0, 70.0), "balancing_active": st.booleans(),
+        "alarm_high_voltage": st.booleans(), "manufacturer": st.just("DISCOVER")})),
+    min_size=1, max_size=30)
+
+
+@settings(max_examples=200, deadline=None)
+@given(order=st.permutations(range(4)), stream=updates)
+def test_chained_in_any_order_no_limit_ever_rises(order, stream):
+    makers = [
+        lambda: build(LimitRamp, {"inputs": ["x"], "amps_per_sec": 5.0}, name="ramp"),
+        lambda: build(TemperatureDerate, {"inputs": ["x"], "charge_curve": CURVE,
+                                          "discharge_curve": [[0, 50], [20, 300]]},
+                      name="derate"),
+        lambda: build(ChargeTaper, {"inputs": ["x"], "soc_points": TAPER,
+                                    "voltage_points": [[54, 300], [56, 10]]}, name="taper"),
+        lambda: build(SocReserve, {"inputs": ["x"], "min_soc": 20.0, "max_soc": 95.0},
+                      name="reserve"),
+    ]
+    chain = [makers[i]() for i in order]
+    for upstream, downstream in itertools.pairwise(chain):
+        upstream._emit = downstream.on_update
+    out = capture(chain[-1])
+    now = 0.0
+    for gap, values in stream:
+        now += gap
+        chain[0].on_update(Update(now, values))
+        got = out[-1].values
+        assert got.keys() - values.keys() <= {"ramp_active", "derate_active", "taper_active",
+                                              "reserve_active"}
+        for name, value in values.items():
+            if name in ("charge_current_limit", "discharge_current_limit",
+                        "charge_voltage_limit"):
+                assert 0.0 <= got[name] <= value
+            else:
+                assert got[name] == value  # DVL and every other signal unchanged
+        assert list(got)[:len(values)] == list(values)  # in order, nothing invented
