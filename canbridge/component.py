@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from canbridge.controls import ControlBoard
 from canbridge.schema import Inputs, Option, OptionError, Text
 from canbridge.signals import Update
 
@@ -57,6 +58,10 @@ class RateLimitedLog:
         self.log(logging.ERROR, key, message, *args)
 
 
+def _call_now(function: Callable[[], None]) -> None:
+    function()
+
+
 @dataclass
 class Context:
     """What the engine gives a component: the clock, its buses, logging and pipeline facts."""
@@ -69,6 +74,10 @@ class Context:
     pipeline_name: str = "battery"
     pipeline_dir: str = "."
     health: Callable[[], dict[str, dict[str, Any]]] = dict
+    controls: ControlBoard = field(default_factory=ControlBoard)
+    post: Callable[[Callable[[], None]], None] = _call_now
+    """Run a function on the engine thread soon; safe from any thread (commands from MQTT).
+    Outside an engine (tests), it runs at once."""
     limited: RateLimitedLog = field(init=False)
 
     def __post_init__(self) -> None:

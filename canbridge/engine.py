@@ -19,11 +19,12 @@ from typing import Any
 
 import can
 
-from canbridge import __version__
+from canbridge import __version__, writer
 from canbridge.buses import BusHandle
 from canbridge.clock import Clock, Timer
 from canbridge.component import Component, Context, RateLimitedLog
 from canbridge.config import REPLAY, PipelineConfig, topological_order
+from canbridge.controls import ControlBoard
 from canbridge.replay import END_OF_REPLAY, ReplayBus
 from canbridge.signals import Update
 
@@ -33,6 +34,15 @@ HOUSEKEEPING_SECS = 0.5
 """Wall-clock interval of status file, watchdog and record flushing."""
 
 _WAKE = object()
+
+
+class _Call:
+    """A function another thread asked the engine thread to run (`Engine.post`)."""
+
+    __slots__ = ("function",)
+
+    def __init__(self, function: Callable[[], None]):
+        self.function = function
 
 
 class Engine:
@@ -50,6 +60,7 @@ class Engine:
         self.updates = 0
         self.errors = 0
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.controls = ControlBoard()
         self._stopping = False
         self._frame_handlers: dict[str, list[tuple[Component, Callable[[can.Message], None]]]] = {}
         # Per source bus: the (ID, is 29-bit) pairs to copy and the target bus.
@@ -78,7 +89,8 @@ class Engine:
                               log=logging.getLogger(f"canbridge.{spec.name}"),
                               buses=self.buses, dry_run=self.dry_run,
                               pipeline_name=self.config.name,
-                              pipeline_dir=str(self.config.folder), health=self.health)
+                              pipeline_dir=str(self.config.folder), health=self.health,
+                              controls=self.controls, post=self.post)
             self.components[spec.name] = spec.cls(spec.name, spec.values, context)
         for spec in order:
             component = self.components[spec.name]
@@ -118,6 +130,10 @@ class Engine:
     @property
     def stopping(self) -> bool:
         return self._stopping
+
+    def post(self, function: Callable[[], None]) -> None:
+        """Run `function` on the engine thread soon; safe from any thread."""
+        self._queue.put(_Call(function))
 
     def request_stop(self) -> None:
         """Ask the run to end (signal handlers call this); safe from any thread."""
@@ -230,7 +246,9 @@ class Engine:
             except queue.Empty:
                 item = None
             while item is not None:
-                if item is not _WAKE:
+                if isinstance(item, _Call):
+                    self._call(item)
+                elif item is not _WAKE:
                     bus, msg = item
                     if msg is END_OF_REPLAY:
                         remaining -= 1
@@ -253,7 +271,9 @@ class Engine:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 return
-            if item is not _WAKE and item[1] is not END_OF_REPLAY:
+            if isinstance(item, _Call):
+                self._call(item)
+            elif item is not _WAKE and item[1] is not END_OF_REPLAY:
                 bus, msg = item
                 msg.timestamp = self.clock.now()
                 self._dispatch(bus, msg)
@@ -272,6 +292,17 @@ class Engine:
                     arbitration_id=msg.arbitration_id, is_extended_id=msg.is_extended_id,
                     is_remote_frame=msg.is_remote_frame, dlc=msg.dlc, data=msg.data,
                     is_fd=msg.is_fd))
+
+    def _call(self, call: _Call) -> None:
+        owner = getattr(call.function, "__self__", None)
+        try:
+            call.function()
+        except Exception as exc:
+            if isinstance(owner, Component):
+                self._component_failed(owner, "a command", exc)
+            else:
+                self.errors += 1
+                self._errors_log.error(("call", type(exc)), "command failed: %r", exc)
 
     def _timer_failed(self, timer: Timer, exc: BaseException) -> None:
         owner = getattr(timer.callback, "__self__", None)
@@ -345,6 +376,8 @@ class Engine:
                 component.stop()
             except Exception as exc:
                 self._component_failed(self.components[name], "stop", exc)
+        if not writer.flush(timeout=5.0):
+            log.error("state files still being written at stop (a stalled disk?)")
         self._write_status("stopped")
         for bus in self.buses.values():
             bus.stop_reader()  # all at once, so closing takes one reader timeout, not one each

@@ -44,6 +44,7 @@ class Shaper(Transform):
         self.active = False
         self.last_change: str | None = None
         self.changed = 0
+        self._last_limits: Update | None = None
 
     def observe(self, update: Update) -> None:
         """Every update first: note what the bounds depend on (temperature, soc, time)."""
@@ -60,6 +61,7 @@ class Shaper(Transform):
         if not limits:
             self.emit(update)
             return
+        self._last_limits = Update(update.timestamp, {name: values[name] for name in limits})
         bounds = self.bounds(update, limits)
         changes: dict[str, Value] = {}
         said = []
@@ -77,6 +79,13 @@ class Shaper(Transform):
         self.active = bool(changes)
         self.emit(Update(update.timestamp, {**values, **changes,
                                             self.active_signal: self.active}))
+
+    def reshape(self) -> None:
+        """The bounds changed between updates (a command, say): send the battery's last
+        limits again, bounded anew. They keep their own timestamp, so nothing downstream
+        takes them for fresher data than they are."""
+        if self._last_limits is not None:
+            self.on_update(self._last_limits)
 
     def status(self) -> dict[str, Any]:
         return {"state": "active" if self.active else "idle", "errors": self.errors,
@@ -130,3 +139,34 @@ def check_curve(key: str, points: Sequence[Sequence[float]] | None, x_unit: str,
     xs = [point[0] for point in points]
     if len(set(xs)) != len(xs):
         yield OptionError(key, f"two points at the same {x_unit}")
+
+
+class SocGate:
+    """A stop with hysteresis on SOC: `low` stops at or below a threshold and resumes above
+    it plus the band; `high` stops at or above it and resumes below it minus the band."""
+
+    __slots__ = ("band", "stopped", "threshold", "upper")
+
+    def __init__(self, *, upper: bool, band: float):
+        self.upper = upper
+        self.band = band
+        self.threshold: float | None = None
+        self.stopped = False
+
+    def follow(self, soc: float, threshold: float | None) -> bool:
+        """Move with a new SOC (and the threshold now in force); True while stopped."""
+        if threshold != self.threshold:
+            self.threshold = threshold
+            self.stopped = False
+        if threshold is None:
+            return False
+        if self.upper:
+            if soc >= threshold:
+                self.stopped = True
+            elif soc < threshold - self.band:
+                self.stopped = False
+        elif soc <= threshold:
+            self.stopped = True
+        elif soc > threshold + self.band:
+            self.stopped = False
+        return self.stopped

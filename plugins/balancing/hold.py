@@ -36,6 +36,7 @@ from canbridge import (
     Value,
     is_condition,
 )
+from canbridge.controls import BUTTON, Command, Control
 
 from .state import (
     CorruptState,
@@ -49,6 +50,7 @@ from .state import (
 )
 
 DAY_SECS = 86400.0
+BALANCE_NOW = Control("balance_now", BUTTON, "start a cell-balancing hold now")
 STALE_SLACK = 1e-6
 """Timer due times on a Unix-time clock are exact only to a few ulps (~0.2 µs)."""
 
@@ -106,6 +108,8 @@ class CellBalancing(Transform):
         # None after start-up or stale data: the next reading above hold_soc counts as a rise
         self._previous_soc: float | None = None
         self._alarms: set[str] = set()
+        self._due_now = False  # balance_now pressed: due whatever the last balance says
+        context.controls.offer(BALANCE_NOW, self._balance_now, None)
 
     @property
     def holding(self) -> bool:
@@ -184,11 +188,14 @@ class CellBalancing(Transform):
         self._previous_soc = soc
         rose = soc > self.hold_soc and (previous is None or previous <= self.hold_soc)
         if rose and not self.holding and not self._alarms and self._due(now):
-            self._begin(self.hold_secs)
-            self._save(SavedState(self._saved.last_end, self.clock.wall_time(now)))
-            self.log.info("balancing hold started: SOC %g %% rose above %g %%; reporting at most "
-                          "%g %% for %s", soc, self.hold_soc, self.hold_soc,
-                          _duration(self.hold_secs))
+            self._start_hold(now, f"SOC {soc:g} % rose above {self.hold_soc:g} %")
+
+    def _start_hold(self, now: float, why: str) -> None:
+        self._due_now = False
+        self._begin(self.hold_secs)
+        self._save(SavedState(self._saved.last_end, self.clock.wall_time(now)))
+        self.log.info("balancing hold started: %s; reporting at most %g %% for %s", why,
+                      self.hold_soc, _duration(self.hold_secs))
 
     # -- the hold -------------------------------------------------------------------------
 
@@ -234,7 +241,25 @@ class CellBalancing(Transform):
 
     def _due(self, now: float) -> bool:
         last = self._saved.last_end
-        return last is None or self.clock.wall_time(now) >= last + self.every_secs
+        return (self._due_now or last is None
+                or self.clock.wall_time(now) >= last + self.every_secs)
+
+    def _balance_now(self, command: Command) -> None:
+        """The balance_now button: a hold now if the SOC is above hold_soc, else due now,
+        so the next rise above hold_soc starts one. A press during a hold does nothing."""
+        if self.holding:
+            self.log.info("balance now: a balancing hold is already running (%s left)",
+                          _duration(self._remaining()))
+            return
+        self._due_now = True
+        soc = self._soc
+        if isinstance(soc, int | float) and soc > self.hold_soc and not self._alarms:
+            now = self.clock.now()
+            self._start_hold(now, f"balance now pressed at SOC {soc:g} %")
+            self.emit(Update(now, self._signals()))
+        else:
+            self.log.info("balance now: balancing is due; the hold starts when the SOC rises "
+                          "above %g %%", self.hold_soc)
 
     def _next_due(self, now: float) -> float:
         """Wall time the next balance is due; "now" when none has ever completed."""

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from canbridge import Value, __version__
+from canbridge.controls import NUMBER, PRESS, SWITCH, Control
 
 MEASUREMENT = "measurement"
 
@@ -132,3 +133,27 @@ def discovery_config(name: str, value: Value, *, node_id: str, discovery_prefix:
     if info.diagnostic:
         config["entity_category"] = "diagnostic"
     return f"{discovery_prefix}/{component}/{node_id}/{name}/config", config
+
+
+def control_config(control: Control, *, node_id: str, base: str, discovery_prefix: str,
+                   availability_topic: str, device: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The retained config announcing a control as a number, switch or button entity."""
+    config: dict[str, Any] = {
+        "unique_id": f"canbridge_{node_id}_control_{control.name}",
+        "name": control.help[0].upper() + control.help[1:],
+        "command_topic": f"{base}/set/{control.name}",
+        "availability_topic": availability_topic,
+        "device": device,
+        "origin": ORIGIN,
+        "entity_category": "config",
+    }
+    if control.kind == NUMBER:
+        config.update(state_topic=f"{base}/control/{control.name}", min=control.minimum,
+                      max=control.maximum, step=0.1 if control.unit == "A" else 1,
+                      mode="box", unit_of_measurement=control.unit)
+    elif control.kind == SWITCH:
+        config.update(state_topic=f"{base}/control/{control.name}", payload_on="ON",
+                      payload_off="OFF", state_on="ON", state_off="OFF")
+    else:
+        config["payload_press"] = PRESS
+    return f"{discovery_prefix}/{control.kind}/{node_id}/{control.name}/config", config

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path as FilePath
 from typing import Any
 
@@ -33,13 +33,16 @@ from canbridge import (
     Update,
     Value,
 )
+from canbridge.controls import Control
 
-from .homeassistant import device_block, discovery_config
+from .homeassistant import control_config, device_block, discovery_config
 from .legacy import legacy_payload
 from .link import Link, Settings
 
 NODE_ID = re.compile(r"[A-Za-z0-9_-]+")
 IDENTITY = ("manufacturer", "model")
+LOCAL = frozenset({"127.0.0.1", "localhost", "::1"})
+"""Brokers on this machine: only local processes can send commands there."""
 MAX_NAME_SETS = 64
 """Distinct sets of signal names remembered by `_kinds` (one per frame type, in practice)."""
 
@@ -89,6 +92,9 @@ class MqttSink(Sink):
                "Home Assistant's MQTT discovery prefix"),
         Option("legacy_topic", Text(), None,
                'also publish the old Discover-to-Pylontech JSON here (e.g. "DiscoverStorage")'),
+        Option("control", Flag(), False,
+               "accept commands for the pipeline's controls on TOPIC_PREFIX/NODE/set/CONTROL "
+               "(needs username, or a broker on this machine)"),
     )
 
     @classmethod
@@ -115,14 +121,19 @@ class MqttSink(Sink):
         if config["password"] is not None:
             yield OptionError("password", "written in the pipeline file; prefer password_file",
                               warning=True)
+        if config["control"] and config["username"] is None and config["host"] not in LOCAL:
+            yield "control", (f"commands from an anonymous connection to {config['host']} are "
+                              "refused: set username (and a password), or use a broker on "
+                              "this machine")
 
     def __init__(self, name: str, config: Mapping[str, Any], context: Any):
         super().__init__(name, config, context)
         cfg = self.config
         self.node_id = cfg["node_id"] or re.sub(r"[^A-Za-z0-9_-]", "_", context.pipeline_name)
-        base = f"{cfg['topic_prefix']}/{self.node_id}"
+        self.base = base = f"{cfg['topic_prefix']}/{self.node_id}"
         self.state_topic = f"{base}/state"
         self.status_topic = f"{base}/status"
+        self.commands_refused = 0
         self.latest = LatestValues()
         self.announced: set[str] = set()
         self._kinds_by_names: dict[tuple[str, ...], tuple[tuple[str, ...], tuple[str, ...]]] = {}
@@ -152,6 +163,8 @@ class MqttSink(Sink):
             return
         if cfg["discovery"]:
             self.link.subscribe(f"{cfg['discovery_prefix']}/status", self._on_ha_status)
+        if cfg["control"]:
+            self._offer_controls()
         self.link.start()
         self._timer = self.clock.every(cfg["publish_every_secs"], self.publish_state)
 
@@ -246,6 +259,49 @@ class MqttSink(Sink):
         if legacy_topic is not None and values:
             self.link.publish(legacy_topic, json.dumps(legacy_payload(values)), sticky=True)
 
+    # -- controls ---------------------------------------------------------------------------
+
+    def _offer_controls(self) -> None:
+        """Subscribe to every control's set topic, publish its value, announce it to HA."""
+        assert self.link is not None
+        board = self.context.controls
+        for control in board.controls():
+            self.link.subscribe(f"{self.base}/set/{control.name}", self._handler(control))
+            self._publish_control(control.name, board.value(control.name))
+            if self.config["discovery"]:
+                topic, config = control_config(
+                    control, node_id=self.node_id, base=self.base,
+                    discovery_prefix=self.config["discovery_prefix"],
+                    availability_topic=self.status_topic,
+                    device=device_block(self.node_id, None, None))
+                self.link.publish(topic, json.dumps(config), retain=True, sticky=True)
+        board.listen(self._publish_control)
+
+    def _handler(self, control: Control) -> Callable[[bytes], None]:
+        topic = f"{self.base}/set/{control.name}"
+        board = self.context.controls
+
+        def on_message(payload: bytes) -> None:  # paho's thread
+            try:
+                command = control.parse(payload)
+            except ValueError as exc:
+                self.commands_refused += 1
+                self.context.limited.warning(("refused", topic), "%s: refused %s %r: %s",
+                                             self.name, topic, payload[:64], exc)
+                return
+            self.context.post(lambda: board.command(command))
+
+        return on_message
+
+    def _publish_control(self, name: str, value: Value | None) -> None:
+        if value is None or self.link is None:
+            return  # a button has no value
+        if isinstance(value, bool):
+            text = "ON" if value else "OFF"
+        else:
+            text = f"{value:g}" if isinstance(value, float) else str(value)
+        self.link.publish(f"{self.base}/control/{name}", text, retain=True, sticky=True)
+
     def _on_ha_status(self, payload: bytes) -> None:
         """Home Assistant (re)started: announce everything again, in case the broker lost
         the retained configs meanwhile (runs on paho's thread)."""
@@ -255,6 +311,8 @@ class MqttSink(Sink):
     def status(self) -> dict[str, Any]:
         out: dict[str, Any] = {"broker": f"{self.config['host']}:{self.config['port']}",
                                "announced": len(self.announced)}
+        if self.config["control"]:
+            out["commands_refused"] = self.commands_refused
         if self.link is None:
             out.update(state="error", published=0, dropped=0, errors=self.errors,
                        last_error=self.setup_error)

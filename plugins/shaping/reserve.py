@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from canbridge import Context, Number, Option, OptionError, Update
-from canbridge.shaping import Bound, Shaper, number
+from canbridge.shaping import Bound, Shaper, SocGate, number
 
 
 class SocReserve(Shaper):
@@ -40,29 +40,27 @@ class SocReserve(Shaper):
 
     def __init__(self, name: str, config: Mapping[str, Any], context: Context):
         super().__init__(name, config, context)
-        self.discharge_stopped = False
-        self.charge_stopped = False
+        band = self.config["hysteresis"]
+        self._discharge = SocGate(upper=False, band=band)
+        self._charge = SocGate(upper=True, band=band)
         self._balancing = False
+
+    @property
+    def discharge_stopped(self) -> bool:
+        return self._discharge.stopped
+
+    @property
+    def charge_stopped(self) -> bool:
+        return self._charge.stopped
 
     def observe(self, update: Update) -> None:
         values = update.values
         if "balancing_active" in values:
             self._balancing = values["balancing_active"] is True
         soc = values.get("soc")
-        if not number(soc):
-            return
-        cfg = self.config
-        low, high, band = cfg["min_soc"], cfg["max_soc"], cfg["hysteresis"]
-        if low is not None:
-            if soc <= low:  # type: ignore[operator]
-                self.discharge_stopped = True
-            elif soc > low + band:  # type: ignore[operator]
-                self.discharge_stopped = False
-        if high is not None:
-            if soc >= high:  # type: ignore[operator]
-                self.charge_stopped = True
-            elif soc < high - band:  # type: ignore[operator]
-                self.charge_stopped = False
+        if number(soc):
+            self._discharge.follow(soc, self.config["min_soc"])  # type: ignore[arg-type]
+            self._charge.follow(soc, self.config["max_soc"])  # type: ignore[arg-type]
 
     def bounds(self, update: Update, limits: Sequence[str]) -> dict[str, Bound]:
         out: dict[str, Bound] = {}
