@@ -42,6 +42,8 @@ class Control:
     unit: str | None = None
     minimum: float | None = None
     maximum: float | None = None
+    neutral: float | None = None
+    """The number that means "no limit", shown while the control is unset."""
 
     def parse(self, payload: bytes | str) -> Command:
         """A command from a message: a plain value ("50", "ON") or a JSON object

@@ -261,3 +261,16 @@ def test_config_shows_the_profile_values_and_an_explicit_option_wins(
     assert (sink["inverter"], sink["voltage_resolution"], sink["pad_to_8_bytes"]) == (
         "sol-ark", 0.1, False)
     assert sink["stop_charge_by"] == "current"
+
+
+def test_control_is_refused_for_an_anonymous_broker_elsewhere(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    mqtt = '\n[sinks.mqtt]\ntype = "mqtt"\ninputs = ["tag"]\ncontrol = true\n'
+    code, err, _ = validate(tmp_path, GOOD + mqtt + 'host = "homeassistant.lan"\n', capsys)
+    assert code == 2
+    assert err[0] == ("P:25: sinks.mqtt.control: commands from an anonymous connection to "
+                      "homeassistant.lan are refused: set username (and a password), or use a "
+                      "broker on this machine")
+    for allowed in ('host = "127.0.0.1"\n', 'host = "homeassistant.lan"\nusername = "cb"\n'):
+        code, err, _ = validate(tmp_path, GOOD + mqtt + allowed, capsys)
+        assert code == 0, err

@@ -365,3 +365,28 @@ bus = "inverter"
     said = [r.getMessage() for r in caplog.records if "record file" in r.getMessage()]
     assert said == ["bus inverter: cannot write the record file /dev/full: "
                     "No space left on device"]
+
+
+def test_post_runs_a_function_on_the_engine_thread(tmp_path: Path, channel: str) -> None:
+    """Commands from other threads (MQTT) reach components only through the engine thread."""
+    import threading
+
+    from canbridge.config import load_pipeline
+    from canbridge.engine import Engine
+    from canbridge.registry import load_registry
+
+    path = tmp_path / "p.toml"
+    path.write_text(f'[buses.b]\ninterface = "virtual"\nchannel = "{channel}"\n'
+                    f'[status]\nfile = "{tmp_path / "s.json"}"\n')
+    engine = Engine(load_pipeline(path, load_registry()), duration=5.0)
+    ran: list[str] = []
+
+    def from_outside() -> None:
+        engine.post(lambda: ran.append(threading.current_thread().name))
+        engine.post(engine.request_stop)
+
+    runner = threading.Thread(target=engine.run, name="engine")
+    runner.start()
+    threading.Thread(target=from_outside).start()
+    runner.join(10)
+    assert ran == ["engine"]

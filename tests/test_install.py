@@ -607,3 +607,18 @@ def test_the_dashboard_shows_only_entities_that_exist() -> None:
     pylontech = [name for name, table in example["sinks"].items() if table["type"] == "pylontech"]
     assert set(re.findall(r"health\.get\('(\w+)'", package)) == set(pylontech)
     assert set(re.findall(r'identifiers: \["(\w+)"\]', package)) == {f"canbridge_{node}"}
+
+
+def test_the_control_card_and_automation_use_the_controls_canbridge_announces() -> None:
+    from canbridge_plugins.balancing.hold import BALANCE_NOW
+    from canbridge_plugins.control.limits import CONTROLS
+
+    example = tomllib.loads((REPO / "examples/pipeline.toml").read_text())
+    node = example["pipeline"]["name"]
+    announced = {f"{c.kind}.{ha_slug(f'{node} {c.help}')}" for c in (*CONTROLS, BALANCE_NOW)}
+    dashboard = (HOMEASSISTANT / "dashboard.yaml").read_text()
+    assert set(re.findall(r"\b(?:number|switch|button)\.[a-z0-9_]+", dashboard)) == announced
+    automation = (HOMEASSISTANT / "automation-peak-hours.yaml").read_text()
+    topics = re.findall(r"topic: canbridge/(\w+)/set/(\w+)", automation)
+    assert topics == [(node, "charge_current_max")]
+    assert CONTROLS[0].parse('{"value": 20, "for_minutes": 120}').for_minutes == 120

@@ -31,8 +31,11 @@ late_broker = mosquitto_fixture(start=False)
 class Run:
     """`canbridge run` in a child process; its log goes to a file the test can wait on."""
 
-    def __init__(self, folder: Path, server: Mosquitto):
+    def __init__(self, folder: Path, server: Mosquitto, *, controls: bool = False):
         self.folder = folder
+        first = "control" if controls else "lynk"
+        extra = '\n[transforms.control]\ntype = "controls"\ninputs = ["lynk"]\n' if controls \
+            else ""
         self.log_file = folder / "canbridge.log"
         self.record = folder / "inverter.log"
         pipeline = folder / "pipeline.toml"
@@ -57,17 +60,18 @@ bus = "battery"
 
 [sinks.inverter]
 type = "pylontech"
-inputs = ["lynk"]
+inputs = ["{first}"]
 bus = "inverter"
 period_secs = {PERIOD}
 
 [sinks.mqtt]
 type = "mqtt"
-inputs = ["lynk"]
+inputs = ["{first}"]
 host = "{server.host}"
 port = {server.port}
 publish_every_secs = 1
-""")
+control = {str(controls).lower()}
+{extra}""")
         with self.log_file.open("wb") as log:
             self.process = subprocess.Popen([str(CANBRIDGE), "run", str(pipeline)], cwd=folder,
                                             stdout=log, stderr=subprocess.STDOUT)
@@ -86,6 +90,12 @@ publish_every_secs = 1
         if self.process.poll() is None:
             os.kill(self.process.pid, sig)
         return self.process.wait(timeout=10)
+
+    def bursts(self) -> list[tuple[float, str]]:
+        """(pipeline time, data) of the 0x351 frames sent to the inverter."""
+        pattern = re.compile(r"^\((\d+\.\d+)\) \S+ 351#([0-9A-F]+)")
+        return [(float(m.group(1)), m.group(2)) for line in self.record.read_text().splitlines()
+                if (m := pattern.match(line))]
 
     def burst_times(self) -> list[float]:
         """Pipeline times of the 0x351 frames sent to the inverter (one per burst)."""
@@ -153,3 +163,36 @@ def test_last_will_says_offline_when_the_process_is_killed(broker, run, tmp_path
     assert offline.payload == b"offline"
     with Subscriber(broker) as later:
         assert (later.wait(STATUS).payload, later.wait(STATUS).retain) == (b"offline", True)
+
+
+def test_a_command_from_home_assistant_reaches_the_inverter_within_one_period(
+        broker, run, tmp_path):
+    pipeline = Run(tmp_path, broker, controls=True)
+    run.append(pipeline)
+    pipeline.wait_for_log("battery data complete: sending Pylontech frames")
+    deadline = time.monotonic() + 5
+    while not any(data[4:8] == "040B" for _, data in pipeline.bursts()):
+        assert time.monotonic() < deadline, pipeline.log()  # past the first, no-report burst
+        time.sleep(0.05)
+    with Subscriber(broker) as sub:
+        sub.wait("homeassistant/number/battery/charge_current_max/config")
+        assert sub.wait("canbridge/battery/control/charge_current_max").payload == b"3276.7"
+        mark = sub.mark()
+        sent_at = time.time()
+        sub.publish("canbridge/battery/set/charge_current_max", "50")
+        assert sub.wait("canbridge/battery/control/charge_current_max",
+                        after=mark).payload == b"50"
+        pipeline.wait_for_log("control charge_current_max set to 50 A until changed")
+        deadline = time.monotonic() + 5
+        while not any(data[4:8] == "F401" for _, data in pipeline.bursts()):
+            assert time.monotonic() < deadline, pipeline.log()
+            time.sleep(0.05)
+    assert pipeline.stop(signal.SIGTERM) == 0
+    bursts = pipeline.bursts()
+    before = [data for at, data in bursts if at < sent_at]
+    if before[0] == "2F0200000000B001":  # a first burst before the first alarm report
+        before = before[1:]
+    changed = [at for at, data in bursts if data[4:8] == "F401"]  # CCL 50.0 A
+    assert before and all(data[4:8] == "040B" for data in before)  # 282 A until then
+    assert changed[0] - sent_at <= PERIOD + 0.5
+    assert all(data[4:8] == "F401" for at, data in bursts if at >= changed[0])

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from canbridge import Update
-from canbridge.testing import build, capture
+from canbridge.testing import build, capture, run_timers
 
 LIMITS = {"charge_voltage_limit": 55.9, "charge_current_limit": 282.0,
           "discharge_current_limit": 282.0, "discharge_voltage_limit": 43.2}
@@ -209,3 +209,67 @@ def test_chained_in_any_order_no_limit_ever_rises(order, stream):
             else:
                 assert got[name] == value  # DVL and every other signal unchanged
         assert list(got)[:len(values)] == list(values)  # in order, nothing invented
+
+
+command_values = {
+    "charge_current_max": st.floats(0.0, 3276.7).map(lambda v: f"{v}"),
+    "discharge_current_max": st.floats(0.0, 3276.7).map(lambda v: f"{v}"),
+    "min_soc": st.floats(0.0, 100.0).map(lambda v: f"{v}"),
+    "charging": st.sampled_from(["ON", "OFF"]),
+    "discharging": st.sampled_from(["ON", "OFF"]),
+}
+commands = st.one_of(*(st.tuples(st.just(name), values, st.sampled_from(
+    ["", ', "for_minutes": 0.05', ', "for_minutes": 2'])) for name, values in
+    command_values.items()))
+window_values = st.fixed_dictionaries({}, optional={
+    "charge_current_max": st.integers(0, 400), "discharge_current_max": st.integers(0, 400),
+    "min_soc": st.integers(0, 100), "charging": st.booleans(), "discharging": st.booleans()})
+
+
+@settings(max_examples=150, deadline=None)
+@given(order=st.permutations(range(6)), stream=updates,
+       orders=st.lists(st.none() | commands, min_size=30, max_size=30),
+       windows=st.tuples(window_values, window_values))
+def test_controls_and_schedules_never_raise_a_limit_whatever_the_commands(order, stream,
+                                                                          orders, windows):
+    from canbridge_plugins.control import Controls, Schedule
+
+    from canbridge import Clock
+    from canbridge.controls import ControlBoard
+
+    board = ControlBoard()
+    clock = Clock(virtual=True, start=0.0)
+    day = [{"start": "00:00", "end": "12:00", "charge_current_max": 400, **windows[0]},
+           {"start": "12:00", "end": "00:00", "charge_current_max": 400, **windows[1]}]
+    makers = [
+        lambda: build(LimitRamp, {"inputs": ["x"]}, name="ramp", clock=clock),
+        lambda: build(TemperatureDerate, {"inputs": ["x"], "charge_curve": CURVE},
+                      name="derate", clock=clock),
+        lambda: build(ChargeTaper, {"inputs": ["x"], "soc_points": TAPER}, name="taper",
+                      clock=clock),
+        lambda: build(SocReserve, {"inputs": ["x"], "min_soc": 20.0}, name="reserve",
+                      clock=clock),
+        lambda: build(Controls, {"inputs": ["x"], "min_soc": 10.0}, name="control",
+                      clock=clock, controls=board),
+        lambda: build(Schedule, {"inputs": ["x"], "timezone": "UTC", "windows": day},
+                      name="tou", clock=clock),
+    ]
+    chain = [makers[i]() for i in order]
+    for upstream, downstream in itertools.pairwise(chain):
+        upstream._emit = downstream.on_update
+    out = capture(chain[-1])
+    now = 0.0
+    for (gap, values), command in zip(stream, orders, strict=False):
+        if command is not None:
+            name, value, expiry = command
+            board.command(board.get(name).parse(f'{{"value": "{value}"{expiry}}}'))
+        now += gap
+        run_timers(clock, now)  # expiries fire on the pipeline clock
+        chain[0].on_update(Update(now, values))
+        got = out[-1].values
+        for name, value in values.items():
+            if name in ("charge_current_limit", "discharge_current_limit",
+                        "charge_voltage_limit"):
+                assert 0.0 <= got[name] <= value
+            else:
+                assert got[name] == value

@@ -71,9 +71,9 @@ class Controls(Shaper):
         return {control.name: self.value(control.name) for control in CONTROLS}
 
     def _published(self, name: str) -> Value | None:
-        """What the outside sees: an unset cap is the control's maximum (no cap)."""
+        """What the outside sees: an unset control shows its neutral value (no limit)."""
         value = self.value(name)
-        return BY_NAME[name].maximum if value is None else value
+        return BY_NAME[name].neutral if value is None else value
 
     # -- life cycle -----------------------------------------------------------------------
 

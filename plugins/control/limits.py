@@ -14,10 +14,12 @@ from canbridge.shaping import Bound
 from canbridge.signals import Value
 
 CONTROLS = (
-    Control("charge_current_max", NUMBER, "largest charge current limit", "A", 0.0, 3276.7),
+    Control("charge_current_max", NUMBER, "largest charge current limit", "A", 0.0, 3276.7,
+            neutral=3276.7),
     Control("discharge_current_max", NUMBER, "largest discharge current limit", "A", 0.0,
-            3276.7),
-    Control("min_soc", NUMBER, "discharge stops at or below this SOC", "%", 0.0, 100.0),
+            3276.7, neutral=3276.7),
+    Control("min_soc", NUMBER, "discharge stops at or below this SOC", "%", 0.0, 100.0,
+            neutral=0.0),
     Control("charging", SWITCH, "charging allowed"),
     Control("discharging", SWITCH, "discharging allowed"),
 )

@@ -63,7 +63,7 @@ def _check_window(index: int, table: Mapping[str, Any]) -> Iterable[OptionError]
             yield OptionError(key, f"needs {name} (\"HH:MM\")")
         elif not isinstance(value, str) or not TIME.fullmatch(value):
             yield OptionError(key, f"{name} {value!r} is not a time \"HH:MM\" (00:00-23:59)")
-    days = table.get("days", DAYS)
+    days = table.get("days", list(DAYS))
     if not isinstance(days, list) or not days or any(d not in DAYS for d in days):
         yield OptionError(key, f"days must be a list of {', '.join(DAYS)}")
     if table.get("start") is not None and table.get("start") == table.get("end"):
