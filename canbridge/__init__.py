@@ -6,7 +6,9 @@ The public API for plugins is re-exported here; plugins import nothing else from
 __version__ = "0.1.0"
 
 from canbridge.clock import Clock, Timer
+from canbridge.codec import CodecError, Decoder, Encoder
 from canbridge.component import Component, Context, Sink, Source, Transform
+from canbridge.framesource import FrameSource, as_is
 from canbridge.hooks import hookimpl
 from canbridge.schema import (
     REQUIRED,
@@ -41,10 +43,14 @@ __all__ = [
     "BusRef",
     "Choice",
     "Clock",
+    "CodecError",
     "Component",
     "Context",
+    "Decoder",
     "Either",
+    "Encoder",
     "Flag",
+    "FrameSource",
     "Integer",
     "LatestValues",
     "ListOf",
@@ -61,6 +67,7 @@ __all__ = [
     "Update",
     "Value",
     "__version__",
+    "as_is",
     "hookimpl",
     "is_condition",
 ]

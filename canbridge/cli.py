@@ -58,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
 
     dbc = sub.add_parser("dbc", help="list the DBC files, or show one's frames and signals")
     dbc.add_argument("action", nargs="?", choices=("show",))
-    dbc.add_argument("name", nargs="?", metavar="NAME")
+    dbc.add_argument("name", nargs="?", metavar="NAME|PATH")
 
     status = sub.add_parser("status", help="health of the running pipeline")
     status.add_argument("pipeline", nargs="?", metavar="PIPELINE",
@@ -201,24 +201,38 @@ def _plugins(args: argparse.Namespace) -> int:
 
 
 def _dbc(args: argparse.Namespace) -> int:
-    from canbridge.databases import load_dbc
+    from pathlib import Path
+
+    from canbridge.databases import dbc_problem, load_dbc
+    from canbridge.dbcshow import describe_database
 
     registry = load_registry()
     files = {path.stem: path for path in registry.dbc_files}
     if args.action is None:
+        broken = 0
         for name, path in sorted(files.items()):
-            db = load_dbc(path)
-            print(f"{name}: {len(db.messages)} frames  {path}")
-        return EXIT_OK
-    if args.name not in files:
+            problem = dbc_problem(path)
+            if problem is None:
+                print(f"{name}: {len(load_dbc(path).messages)} frames  {path}")
+            else:
+                broken += 1
+                print(f"{name}: BROKEN: {problem}")
+        return EXIT_FAILURE if broken else EXIT_OK
+    path = files.get(args.name)
+    if path is None and (Path(args.name).is_file() or args.name.endswith(".dbc")):
+        path = Path(args.name)  # a file an author is writing, before it is packaged
+    if path is None:
         from canbridge.schema import did_you_mean
 
         print(f"canbridge dbc: no DBC named {args.name!r}{did_you_mean(args.name or '', files)}; "
-              f"known: {', '.join(sorted(files)) or 'none'}", file=sys.stderr)
+              f"known: {', '.join(sorted(files)) or 'none'} (or give a file path)",
+              file=sys.stderr)
         return EXIT_CONFIG
-    from canbridge.dbcshow import describe_database
-
-    print(describe_database(load_dbc(files[args.name])))
+    problem = dbc_problem(path)
+    if problem is not None:
+        print(f"canbridge dbc: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(describe_database(load_dbc(path)))
     return EXIT_OK
 
 

@@ -125,6 +125,13 @@ class Component:
         `OptionError(key, message, warning=True)` for something allowed but unwise."""
         return ()
 
+    @classmethod
+    def check_bus(cls, config: Mapping[str, Any], option: str, bus: Mapping[str, Any]
+                  ) -> Iterable[tuple[str, str] | OptionError]:
+        """Checks of this component against the bus its option `option` names (the bus's
+        options, defaults filled in), once the whole file is read."""
+        return ()
+
     def start(self) -> None:
         """Called once on the engine thread before the first event; set timers here."""
 

@@ -418,8 +418,20 @@ def _check_graph(specs: list[ComponentSpec], raw_tables: Mapping[str, dict[str, 
         path = [spec.section, spec.name]
         for option in spec.cls.schema():
             value = spec.values.get(option.name)
-            if isinstance(option.kind, BusRef) and isinstance(value, str) and value not in buses:
+            if not isinstance(option.kind, BusRef) or not isinstance(value, str):
+                continue
+            if value not in buses:
                 out.add([*path, option.name], _no_bus(value, buses))
+                continue
+            try:
+                for problem in spec.cls.check_bus(spec.values, option.name, buses[value]):
+                    if isinstance(problem, OptionError):
+                        out.add([*path, problem.key], problem.message, warning=problem.warning)
+                    else:
+                        out.add([*path, problem[0]], problem[1])
+            except Exception as exc:  # a plugin's own check must not crash validation
+                out.add(path, f"the \"{spec.cls.type_name}\" plugin failed to check its bus: "
+                        f"{exc!r}")
         for source in spec.values.get("inputs") or ():
             section = declared.get(source)
             if section is None:

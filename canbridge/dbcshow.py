@@ -1,4 +1,4 @@
-"""`canbridge dbc show NAME`: a DBC file's frames and signals, readable in a terminal."""
+"""`canbridge dbc show NAME|PATH`: a DBC file's frames and signals, readable in a terminal."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ def describe_database(db: Database) -> str:
 
 def _describe_message(message: Message) -> str:
     cycle = message.cycle_time
-    head = (f"0x{message.frame_id:03X} {message.name}  {message.length} bytes"
-            f"{'  extended' if message.is_extended_frame else ''}"
+    head = (f"0x{message.frame_id:03X}{' (29-bit)' if message.is_extended_frame else ''} "
+            f"{message.name}  {message.length} bytes"
             f"{f'  every {cycle} ms' if cycle else ''}"
             f"{'  from ' + ', '.join(message.senders) if message.senders else ''}")
     lines = [head]

@@ -21,6 +21,22 @@ REPORT_NONE = "none"
 CONDITION_PREFIXES = ("alarm_", "warning_")
 
 
+CONDITIONS = ("general", "high_voltage", "low_voltage", "high_temp_discharge",
+              "low_temp_discharge", "high_temp_charge", "low_temp_charge",
+              "high_discharge_current", "high_charge_current", "internal", "cell_imbalance")
+VOCABULARY = frozenset({
+    "charge_voltage_limit", "charge_current_limit", "discharge_current_limit",
+    "discharge_voltage_limit", "soc", "soh", "capacity_nominal", "capacity_remaining",
+    "voltage", "current", "temperature", "manufacturer", "model", "firmware_version",
+    "protocol_version", ALARM_REPORT,
+    *(f"{kind}_{condition}" for kind in ("alarm", "warning") for condition in CONDITIONS),
+    "soc_reported", "balancing_active", "balancing_remaining", "balancing_last",
+    "balancing_next_due",
+})
+"""Every signal name of the battery vocabulary (protocols/signals.md). Transforms add
+`<name>_active` of their own."""
+
+
 def is_condition(name: str) -> bool:
     """An `alarm_<condition>` or `warning_<condition>` signal (not `alarm_report`)."""
     return name.startswith(CONDITION_PREFIXES) and name != ALARM_REPORT

@@ -12,8 +12,7 @@ that read 0 A as "no limit".
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from canbridge import (
     BusRef,
     Choice,
     Context,
+    Encoder,
     Flag,
     Integer,
     Number,
@@ -39,7 +39,6 @@ from canbridge import (
 )
 from canbridge.databases import builtin_dbc, load_dbc
 from canbridge.safety import (
-    EPSILON,
     INVERTER_OPTIONS,
     Decision,
     StopModel,
@@ -70,107 +69,10 @@ ALARM_BITS: dict[str, tuple[str, ...]] = {
 }
 """The system-error bit is the stop model's: alarms, stale data or no alarm report."""
 
-# A limit is never rounded towards the unsafe side: CVL/CCL/DCL down, DVL up (the stop
-# model already puts them on the field's grid; this keeps any encoder input safe).
-
-
-def _round_down(x: float) -> int:
-    return math.floor(x + EPSILON)
-
-
-def _round_up(x: float) -> int:
-    return math.ceil(x - EPSILON)
-
-
-ROUNDING: dict[str, Callable[[float], int]] = {
-    "charge_voltage_limit": _round_down,
-    "charge_current_limit": _round_down,
-    "discharge_current_limit": _round_down,
-    "discharge_voltage_limit": _round_up,
-}
-
-
-class _Field:
-    """One DBC signal's layout, read once: how a physical value becomes bits in the frame."""
-
-    __slots__ = ("choices", "identity", "mask", "name", "offset", "raw_max", "raw_min",
-                 "rounding", "scale", "shift")
-
-    def __init__(self, signal: cantools.database.can.Signal):
-        if signal.byte_order != "little_endian":
-            raise ValueError(f"signal {signal.name}: only little-endian layouts are supported")
-        self.name = signal.name
-        self.shift = signal.start
-        self.mask = (1 << signal.length) - 1  # two's complement of a signed raw, to its width
-        self.scale = signal.scale
-        self.offset = signal.offset
-        self.identity = signal.scale == 1 and signal.offset == 0
-        self.rounding = ROUNDING.get(signal.name, round)
-        low = -(1 << (signal.length - 1)) if signal.is_signed else 0
-        high = (1 << (signal.length - 1 if signal.is_signed else signal.length)) - 1
-        # The DBC's physical range narrows the bit range (CCL >= 0: never a negative limit).
-        if signal.minimum is not None:
-            low = max(low, math.ceil((signal.minimum - self.offset) / self.scale - EPSILON))
-        if signal.maximum is not None:
-            high = min(high, math.floor((signal.maximum - self.offset) / self.scale + EPSILON))
-        self.raw_min, self.raw_max = low, high
-        self.choices = {str(text): raw for raw, text in (signal.choices or {}).items()}
-
-    def raw(self, value: Value) -> tuple[int, bool]:
-        """The raw integer for `value`, and whether it had to be clamped into range."""
-        if isinstance(value, str):
-            raw = self.choices[value]
-        elif self.identity and isinstance(value, int):
-            raw = value  # exact, even for the 64-bit manufacturer name
-        else:
-            raw = self.rounding((value - self.offset) / self.scale)
-        if raw < self.raw_min:
-            return self.raw_min, True
-        if raw > self.raw_max:
-            return self.raw_max, True
-        return raw, False
-
-
-class FrameEncoder:
-    """Packs one DBC message from physical values with per-signal layouts read once.
-
-    3-5x faster than cantools' encode (a day of replay is 518 400 frames), while the DBC
-    stays the only place the layout is written. Values are rounded (limits towards safety,
-    see ROUNDING) and saturate at the DBC range instead of wrapping or raising: a CCL of
-    4000 A must not become negative, nor stop the burst.
-    """
-
-    def __init__(self, message: cantools.database.can.Message):
-        self.frame_id = message.frame_id
-        self.length = message.length
-        self.fields = tuple(_Field(signal) for signal in message.signals)
-        self._by_name = {f.name: f for f in self.fields}
-        self._names = tuple(f.name for f in self.fields)
-        # The last inputs and what they gave: most frames of a burst repeat (limits, flags,
-        # names), and equal inputs encode to equal bytes.
-        self._last: tuple[tuple[Value, ...], bytes, tuple[str, ...]] | None = None
-
-    def raw(self, name: str, value: Value) -> int:
-        return self._by_name[name].raw(value)[0]
-
-    def encode(self, values: Mapping[str, Value], clamped: list[str]) -> bytes:
-        """The frame's data bytes; names of signals that were out of range go to `clamped`."""
-        inputs = tuple([values[name] for name in self._names])
-        last = self._last
-        if last is not None and last[0] == inputs:
-            clamped.extend(last[2])
-            return last[1]
-        bits = 0
-        out_of_range: list[str] = []
-        for field, value in zip(self.fields, inputs, strict=True):
-            raw, clamp = field.raw(value)
-            if clamp:
-                out_of_range.append(field.name)
-            bits |= (raw & field.mask) << field.shift
-        data = bits.to_bytes(self.length, "little")
-        self._last = (inputs, data, tuple(out_of_range))
-        clamped.extend(out_of_range)
-        return data
+ROUNDING = {"charge_voltage_limit": "down", "charge_current_limit": "down",
+            "discharge_current_limit": "down", "discharge_voltage_limit": "up"}
+"""A limit is never rounded towards the unsafe side: CVL, CCL, DCL down, DVL up (the stop
+model already puts them on the field's grid; this keeps any encoder input safe)."""
 
 
 def manufacturer_value(text: str) -> int:
@@ -229,7 +131,7 @@ class PylontechSink(Sink):
         self._inverter_was_alive = False
         self._started_at: float | None = None
         self._timer: Timer | None = None
-        self._encoders = tuple(FrameEncoder(message) for message in
+        self._encoders = tuple(Encoder(message, ROUNDING) for message in
                                burst_messages(cfg["voltage_resolution"]))
         self._constants: dict[str, Value] = {
             "module_count": cfg["modules"],

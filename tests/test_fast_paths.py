@@ -1,9 +1,6 @@
-"""The per-frame fast paths give exactly what the generic code they replace gives.
+"""The replay bus's candump fast path gives exactly what python-can gives.
 
-Fast paths exist for speed (see benchmarks/): a candump reader in the replay bus, a
-DBC-derived decoder in the LYNK II source, and the Pylontech encoder reusing its last frame.
-Each is checked here against the generic path on the same input (python-can, cantools, a
-fresh encoder), so the DBC stays the single source of the frame layouts.
+(The codec's fast paths are held to cantools in test_codec.py.)
 """
 
 from __future__ import annotations
@@ -11,15 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import can
-from canbridge_plugins.discover_lynk2 import _Decoder
-from canbridge_plugins.pylontech import BURST_IDS, FrameEncoder, _Field
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from canbridge.databases import builtin_dbc, load_dbc
 from canbridge.replay import read_capture
 
-LYNK2 = load_dbc(builtin_dbc("discover_lynk2"))
 SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "captures" / "lynk2-sample.log"
 
 TRICKY_LINES = """\
@@ -64,51 +55,3 @@ def test_other_formats_go_through_python_can(tmp_path: Path) -> None:
                                                data=b"\x17\x02", is_extended_id=False))
     assert [(m.arbitration_id, bytes(m.data)) for m in read_capture(str(path))] == [
         (0x356, b"\x17\x02")]
-
-
-def test_every_lynk2_message_takes_the_fast_decoder() -> None:
-    assert all(_Decoder.supports(message) for message in LYNK2.messages)
-
-
-@settings(max_examples=300)
-@given(st.sampled_from(LYNK2.messages), st.randoms(use_true_random=False))
-def test_fast_decoder_equals_cantools(message, rng) -> None:
-    data = rng.randbytes(message.length)
-    fast = _Decoder(message)(data)
-    slow = message.decode(data, decode_choices=False)
-    assert list(fast.items()) == list(slow.items())
-    assert [type(v) for v in fast.values()] == [type(v) for v in slow.values()]
-
-
-PYLONTECH = load_dbc(builtin_dbc("pylontech"))
-BURST = [PYLONTECH.get_message_by_frame_id(i) for i in BURST_IDS]
-
-
-def field_values(field: _Field) -> st.SearchStrategy:
-    if field.choices:
-        return st.sampled_from(sorted(field.choices))
-    if field.mask == 1:
-        return st.booleans()
-    return st.one_of(st.integers(-(1 << 20), 1 << 20),
-                     st.floats(-1e5, 1e5, allow_nan=False).map(lambda x: round(x, 2)))
-
-
-def frame_inputs(message) -> st.SearchStrategy:
-    fields = FrameEncoder(message).fields
-    return st.fixed_dictionaries({f.name: field_values(f) for f in fields})
-
-
-@settings(max_examples=200)
-@given(st.data())
-def test_the_encoder_remembering_its_last_frame_encodes_as_a_fresh_one(data) -> None:
-    """A burst repeats most frames; the reused bytes and clamped names must be exact."""
-    message = data.draw(st.sampled_from(BURST))
-    steps = data.draw(st.lists(frame_inputs(message), min_size=1, max_size=4))
-    steps = [step for step in steps for _ in range(2)]  # every input twice in a row
-    kept = FrameEncoder(message)
-    for values in steps:
-        kept_clamped: list[str] = []
-        fresh_clamped: list[str] = []
-        assert (kept.encode(values, kept_clamped)
-                == FrameEncoder(message).encode(values, fresh_clamped))
-        assert kept_clamped == fresh_clamped
