@@ -1,13 +1,17 @@
 """Buses: one python-can bus per `[buses.NAME]` table, shared by every component on it.
 
 A `BusHandle` owns the python-can bus object, its reader thread and its record file.
-Components send through `BusHandle.send`, which never raises and never blocks for long: a
-send failure is counted and reported, and a bus that keeps failing is closed and reopened
-with backoff by its reader thread, away from the engine.
+Components send through `BusHandle.send`, which never raises and never blocks for long. A
+send that fails because nothing acknowledges (the other node is off: ENOBUFS on socketcan)
+is counted and reported once per episode, and the bus stays open: reception never stops for
+a send failure. Only a bus that is really down (the interface is gone, or bus-off that the
+kernel does not restart: ENODEV, ENETDOWN, ...) or whose reception fails is closed and
+reopened with backoff by its reader thread, away from the engine.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 from collections.abc import Callable
@@ -20,6 +24,10 @@ from canbridge.clock import Clock
 log = logging.getLogger("canbridge.bus")
 
 FAILURES_BEFORE_REOPEN = 5
+DOWN_ERRNOS = frozenset({errno.ENODEV, errno.ENETDOWN, errno.ENXIO, errno.EBADF,
+                         errno.ENETUNREACH})
+DOWN_TEXTS = ("network is down", "no such device", "bad file descriptor")
+"""A send failure that means the bus itself is gone, not that nothing acknowledged."""
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 30.0
 SEND_TIMEOUT = 0.01
@@ -170,6 +178,10 @@ class BusHandle:
         quiet = self._failing  # one episode, however long, is told once
         if self._consecutive_failures == 1 and not quiet:
             log.warning("bus %s: send failed: %s", self.name, self.last_error)
+        if not _bus_down(exc):
+            # Nothing acknowledged (the other node is off): keep the bus open and reading.
+            self._failing = True
+            return
         if self._consecutive_failures >= FAILURES_BEFORE_REOPEN and self.state == "ok":
             self.state = "reopening"
             self._failing = True
@@ -285,3 +297,16 @@ class BusHandle:
             "record_errors": self.record_errors,
             "last_error": self.last_error,
         }
+
+
+def _bus_down(exc: BaseException) -> bool:
+    """Whether a send failure means the bus itself is gone (reopen it) rather than that no
+    other node acknowledged (keep it open)."""
+    code = getattr(exc, "error_code", None) or getattr(exc, "errno", None)
+    cause = exc.__cause__ or exc.__context__
+    if code is None and isinstance(cause, OSError):
+        code = cause.errno
+    if code is not None:
+        return code in DOWN_ERRNOS
+    text = str(exc).lower()
+    return any(part in text for part in DOWN_TEXTS)

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 from canbridge_plugins.balancing import CellBalancing
-from canbridge_plugins.balancing.state import SavedState, iso, read_state, write_state
+from canbridge_plugins.balancing.state import SavedState, iso, write_state
+from canbridge_plugins.balancing.state import read_state as read_now
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from canbridge import Clock, Update
+from canbridge import Clock, Update, writer
 from canbridge.cli import _load, main
 from canbridge.registry import load_registry
 from canbridge.testing import build, capture, run_timers
@@ -59,6 +60,12 @@ def reported(out: list[Update]) -> dict[float, object]:
 
 def messages(caplog: pytest.LogCaptureFixture, level: int = logging.INFO) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == LOGGER and r.levelno >= level]
+
+
+def read_state(path: Path) -> SavedState:
+    """The state file once the background writer has written what it was given."""
+    assert writer.flush()
+    return read_now(path)
 
 
 def test_registered_as_a_transform_with_documented_defaults() -> None:
@@ -247,6 +254,7 @@ def test_restart_mid_hold_resumes_for_the_remaining_time(
     first, _, _ = make(tmp_path)
     ramp(first, T0, [98] + [100] * 600)
     first.stop()
+    assert writer.flush()  # the engine does this at stop
     rise = T0 + 1
 
     restart = T0 + 900  # five minutes down
@@ -356,6 +364,7 @@ def test_unwritable_state_file_keeps_balancing_in_memory_and_says_so(
     monkeypatch.setattr(os, "fsync", refuse)
     ramp(balancing, T0, [98, 100, 100])
     assert [u.values["soc_reported"] for u in out] == [98, 99, 99]
+    assert writer.flush()  # written (and failed) off the engine thread
     assert balancing.errors == 1
     assert messages(caplog, logging.ERROR) == [
         f"cannot write balancing state file {tmp_path / 'balancing.toml'}: [Errno 28] No space "
@@ -451,3 +460,29 @@ def test_hold_only_ever_lowers_the_reported_soc(steps: list[tuple[float, int, bo
                 assert shown == (min(soc, 99) if update.values["balancing_active"] else soc)
                 assert not (update.values["balancing_active"] and update.values["alarm_general"])
                 assert 0 <= update.values["balancing_remaining"] <= 300
+
+
+def test_the_state_file_is_written_off_the_engine_thread(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stalled SD card must never hold up the engine (and with it the inverter's frames)."""
+    import threading
+
+    from canbridge import writer as writer_module
+
+    threads: list[str] = []
+    disk = threading.Event()
+    real = writer_module.write_atomic
+
+    def stalled(path: Path, text: str, mode: int = 0o640) -> None:
+        threads.append(threading.current_thread().name)
+        disk.wait(10)  # the disk stalls until the test lets it go
+        real(path, text, mode)
+
+    monkeypatch.setattr(writer_module, "write_atomic", stalled)
+    balancing, out, _ = make(tmp_path)
+    ramp(balancing, T0, [98, 100, 100])  # the hold starts: a state write is due
+    assert balancing.holding and [u.values["soc_reported"] for u in out] == [98, 99, 99]
+    disk.set()
+    assert writer.flush()
+    assert threads == ["canbridge-writer"]
+    assert read_state(tmp_path / "balancing.toml") == SavedState(hold_started=T0 + 1)

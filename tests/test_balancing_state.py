@@ -67,7 +67,8 @@ def test_a_failing_write_leaves_the_old_file_and_no_temp(
                 self.file.write(data[: len(data) // 2])
                 self.file.flush()
                 fail()
-        monkeypatch.setattr(os, "fdopen", lambda fd, mode: HalfWriter(real_fdopen(fd, mode)))
+        monkeypatch.setattr(os, "fdopen",
+                            lambda fd, mode, **kw: HalfWriter(real_fdopen(fd, mode, **kw)))
     else:
         monkeypatch.setattr(os, failing, fail)
     with pytest.raises(OSError, match="Input/output error"):

@@ -37,16 +37,17 @@ from canbridge import (
     is_condition,
 )
 from canbridge.controls import BUTTON, Command, Control
+from canbridge.writer import write_soon
 
 from .state import (
     CorruptState,
     SavedState,
+    dumps,
     iso,
     location_problem,
     read_state,
     remove_leftover_temps,
     set_aside,
-    write_state,
 )
 
 DAY_SECS = 86400.0
@@ -310,14 +311,16 @@ class CellBalancing(Transform):
         return SavedState()
 
     def _save(self, state: SavedState) -> None:
+        """Remember `state`; the file is written off the engine thread, in order, the newest
+        replacing one not yet written (a stalled SD card never delays the inverter)."""
         self._saved = state
-        try:
-            write_state(self.path, state)
-        except OSError as exc:
-            self.errors += 1
-            self.context.limited.error("state-file", "cannot write balancing state file %s: %s "
-                                       "(balancing goes on, but a restart forgets it)",
-                                       self.path, exc)
+        write_soon(self.path, dumps(state), self._save_failed)
+
+    def _save_failed(self, exc: OSError) -> None:  # the writer's thread
+        self.errors += 1
+        self.context.limited.error("state-file", "cannot write balancing state file %s: %s "
+                                   "(balancing goes on, but a restart forgets it)",
+                                   self.path, exc)
 
     def status(self) -> dict[str, Any]:
         now = self.clock.now()

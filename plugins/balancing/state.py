@@ -1,8 +1,8 @@
 """The balancing state file: when the last balance ended and whether a hold is in progress.
 
 The file is small TOML with Unix times written as UTC date-times, so it survives restarts and
-a person can read it. It is replaced atomically (temp file in the same folder, fsync, rename,
-fsync of the folder): a crash or power cut leaves the old file or the new one, never a mix.
+a person can read it. The core's writer replaces it atomically (temp file in the same folder,
+fsync, rename, fsync of the folder): a crash or power cut leaves the old file or the new one.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import tomli_w
+
+from canbridge.writer import write_atomic
 
 VERSION = 1
 HEADER = ("# canbridge cell-balancing state, rewritten by canbridge: "
@@ -93,34 +95,12 @@ def set_aside(path: Path) -> Path:
 
 
 def write_state(path: Path, state: SavedState) -> None:
-    write_atomic(path, dumps(state).encode("utf-8"))
+    """Write `state` now (the transform itself writes through the core's background writer)."""
+    write_atomic(path, dumps(state))
 
 
 def _temp_prefix(path: Path) -> str:
-    return f".{path.name}."
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` so that readers, crashes and power cuts see old or new."""
-    folder = path.parent
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
-    # the rename itself is only durable once the folder is on disk
-    dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    return f".{path.name}."  # as canbridge.writer names its temp files
 
 
 def remove_leftover_temps(path: Path) -> list[Path]:
