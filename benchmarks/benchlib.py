@@ -32,13 +32,15 @@ PRODUCTION = BENCH.parent / "examples" / "pipeline.toml"
 
 def write_pipeline(folder: Path, battery: dict[str, Any], *, port: int,
                    record_inverter: bool = False, stale_after: float = 5.0,
-                   sinks: dict[str, dict[str, Any]] | None = None) -> Path:
-    """The production pipeline (examples/pipeline.toml) in `folder`, on software buses and a
-    local broker, its files inside `folder` (fresh: no balancing state, no old logs)."""
+                   sinks: dict[str, dict[str, Any]] | None = None,
+                   production: Path = PRODUCTION) -> Path:
+    """The production pipeline (examples/pipeline.toml, or `production`: a baseline tree's
+    own) in `folder`, on software buses and a local broker, its files inside `folder` (fresh:
+    no balancing state, no old logs)."""
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
-    config = tomllib.loads(PRODUCTION.read_text())
+    config = tomllib.loads(production.read_text())
     config["pipeline"]["name"] = "bench"
     config["buses"]["battery"] = battery
     config["buses"]["inverter"] = {"interface": "virtual",

@@ -35,10 +35,11 @@ def capture_frames(path: Path) -> int:
 
 
 def one_run(name: str, capture: Path, frames_in: int, port: int,
-            env: dict[str, str] | None) -> dict[str, float]:
+            env: dict[str, str] | None, production: Path = benchlib.PRODUCTION
+            ) -> dict[str, float]:
     folder = benchlib.DATA / name
     battery = {"interface": "replay", "path": str(capture), "speed": "max"}
-    pipeline = benchlib.write_pipeline(folder, battery, port=port)
+    pipeline = benchlib.write_pipeline(folder, battery, port=port, production=production)
     run = benchlib.run_canbridge(pipeline, log=folder / "canbridge.log", env=env)
     if run.exit_code != 0:
         raise SystemExit(f"canbridge exited with {run.exit_code}:\n{run.stderr[-3000:]}")
@@ -79,17 +80,21 @@ def main() -> None:
     capture = lynk2_day.ensure(benchlib.DATA / "lynk2-day.log")
     frames_in = capture_frames(capture)
     print(f"replay-day: {capture.name}, {frames_in} input frames; {benchlib.machine()}")
-    configs: dict[str, dict[str, str] | None] = {"this tree": None}
+    configs: dict[str, tuple[dict[str, str] | None, Path]] = {
+        "this tree": (None, benchlib.PRODUCTION)}
     if args.baseline is not None:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(args.baseline.resolve()),
                                                           env.get("PYTHONPATH")]))
-        configs["baseline"] = env
+        # An older tree may not know today's options: it runs its own example pipeline.
+        own = args.baseline / "examples" / "pipeline.toml"
+        configs["baseline"] = (env, own if own.is_file() else benchlib.PRODUCTION)
     results: dict[str, list[dict[str, float]]] = {label: [] for label in configs}
     with benchlib.Mosquitto(benchlib.DATA / "broker-replay-day") as broker:
         for index in range(args.runs):
-            for number, (label, env) in enumerate(configs.items()):
-                r = one_run(f"replay-day-{index}-{number}", capture, frames_in, broker.port, env)
+            for number, (label, (env, production)) in enumerate(configs.items()):
+                r = one_run(f"replay-day-{index}-{number}", capture, frames_in, broker.port, env,
+                            production)
                 results[label].append(r)
                 print(f"  run {index + 1} ({label}): {describe(r)}")
     for label, runs in results.items():

@@ -68,6 +68,8 @@ FORWARD_OPTIONS = (
            "11-bit CAN IDs to copy; a frame is copied only with the width it is listed in"),
     Option("extended_ids", ListOf(Integer(min=0, max=0x1FFFFFFF)), [],
            "29-bit CAN IDs to copy (Schneider sends its 0x305 so)"),
+    Option("max_per_sec", Number(min=1.0, max=10_000.0), 20.0,
+           "frames copied per second at most (a flood is not passed on); the rest are dropped"),
 )
 MAX_STANDARD_ID = 0x7FF
 

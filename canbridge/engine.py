@@ -31,9 +31,40 @@ from canbridge.signals import Update
 log = logging.getLogger("canbridge")
 
 HOUSEKEEPING_SECS = 0.5
+QUEUE_LIMIT = 10_000
+"""Frames waiting for the engine at most; beyond it a newly received frame is dropped and
+counted (a flood must not grow memory without bound, nor delay the timers behind it)."""
+BATCH = 256
+"""Frames handled between two looks at the timers, however many are waiting."""
 """Wall-clock interval of status file, watchdog and record flushing."""
 
 _WAKE = object()
+
+
+class Forward:
+    """One `[forwards]` table: what to copy where, at most `max_per_sec` frames a second."""
+
+    __slots__ = ("_tokens", "_updated", "dropped", "ids", "max_per_sec", "target")
+
+    def __init__(self, ids: frozenset[tuple[int, bool]], target: BusHandle, max_per_sec: float):
+        self.ids = ids
+        self.target = target
+        self.max_per_sec = max_per_sec
+        self.dropped = 0
+        self._tokens = max_per_sec
+        self._updated: float | None = None
+
+    def allow(self, now: float) -> bool:
+        """A token bucket on the pipeline clock: bursts up to one second's worth."""
+        if self._updated is not None:
+            self._tokens = min(self.max_per_sec,
+                               self._tokens + (now - self._updated) * self.max_per_sec)
+        self._updated = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        self.dropped += 1
+        return False
 
 
 class _Call:
@@ -63,8 +94,10 @@ class Engine:
         self.controls = ControlBoard()
         self._stopping = False
         self._frame_handlers: dict[str, list[tuple[Component, Callable[[can.Message], None]]]] = {}
-        # Per source bus: the (ID, is 29-bit) pairs to copy and the target bus.
-        self._forwards: dict[str, list[tuple[frozenset[tuple[int, bool]], BusHandle]]] = {}
+        # Per source bus: the (ID, is 29-bit) pairs to copy, the target bus, the rate limit.
+        self._forwards: dict[str, list[Forward]] = {}
+        self.frames_dropped = 0
+        self._drop_told = 0.0
         self._errors_log = RateLimitedLog(log, self.clock)
         self._started_wall = time.time()
         self._next_housekeeping = 0.0
@@ -102,10 +135,10 @@ class Engine:
         for source, targets in consumers.items():
             self.components[source]._emit = self._emitter(targets)
         for values in self.config.forwards.values():
-            self._forwards.setdefault(values["from_bus"], []).append(
-                (frozenset([*((i, False) for i in values["ids"]),
-                            *((i, True) for i in values["extended_ids"])]),
-                 self.buses[values["to_bus"]]))
+            self._forwards.setdefault(values["from_bus"], []).append(Forward(
+                frozenset([*((i, False) for i in values["ids"]),
+                           *((i, True) for i in values["extended_ids"])]),
+                self.buses[values["to_bus"]], values["max_per_sec"]))
 
     def _emitter(self, consumers: list[tuple[Component, Callable[[Update], None]]]
                  ) -> Callable[[Update], None]:
@@ -181,9 +214,21 @@ class Engine:
         log.info("buses: %s; components: %s", buses or "none", kinds or "none")
 
     def _deliver(self, bus: BusHandle, msg: can.Message | None) -> None:
-        """Called on reader threads: stamp the frame with pipeline time, queue it."""
-        if msg is not None and not self.clock.virtual:
-            msg.timestamp = self.clock.now()
+        """Called on reader threads: stamp the frame with pipeline time, queue it; a frame
+        that finds QUEUE_LIMIT others waiting is dropped (the newest goes: what waits is
+        older and in order) and counted."""
+        if msg is not None and msg is not END_OF_REPLAY:
+            if self._queue.qsize() >= QUEUE_LIMIT:
+                self.frames_dropped += 1
+                now = time.monotonic()
+                if now - self._drop_told >= 60.0:
+                    self._drop_told = now
+                    log.warning("engine behind (%d frames waiting, a flood on bus %s?): "
+                                "dropping new frames; %d dropped so far", QUEUE_LIMIT,
+                                bus.name, self.frames_dropped)
+                return
+            if not self.clock.virtual:
+                msg.timestamp = self.clock.now()
         self._queue.put((bus, msg))
 
     def _merged_replays(self, replays: list[ReplayBus]) -> Iterator[tuple[float, int, ReplayBus,
@@ -245,6 +290,7 @@ class Engine:
                 item = get(timeout=timeout)
             except queue.Empty:
                 item = None
+            handled = 0
             while item is not None:
                 if isinstance(item, _Call):
                     self._call(item)
@@ -254,6 +300,12 @@ class Engine:
                         remaining -= 1
                     else:
                         self._dispatch(bus, msg)
+                handled += 1
+                if handled % BATCH == 0:
+                    # A flood must not starve the timers: the inverter's bursts come first.
+                    clock.run_due(clock.now(), self._timer_failed)
+                    if self._stopping:
+                        break
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
@@ -286,9 +338,11 @@ class Engine:
                 on_frame(msg)
             except Exception as exc:
                 self._component_failed(component, "on_frame", exc)
-        for ids, target in self._forwards.get(bus.name, ()):
-            if (msg.arbitration_id, msg.is_extended_id) in ids and not msg.is_error_frame:
-                target.send(can.Message(
+        for forward in self._forwards.get(bus.name, ()):
+            if (msg.arbitration_id, msg.is_extended_id) in forward.ids and not msg.is_error_frame:
+                if not forward.allow(self.clock.now()):
+                    continue
+                forward.target.send(can.Message(
                     arbitration_id=msg.arbitration_id, is_extended_id=msg.is_extended_id,
                     is_remote_frame=msg.is_remote_frame, dlc=msg.dlc, data=msg.data,
                     is_fd=msg.is_fd))
@@ -339,7 +393,10 @@ class Engine:
             "written_at": now_wall,
             "every_secs": self.status_every,
             "pipeline_time": self.clock.now(),
-            "engine": {"frames": self.frames, "updates": self.updates, "errors": self.errors},
+            "engine": {"frames": self.frames, "updates": self.updates, "errors": self.errors,
+                       "frames_dropped": self.frames_dropped,
+                       "forwards_dropped": sum(f.dropped for fs in self._forwards.values()
+                                               for f in fs)},
             "components": self.health(),
             "buses": {name: {"interface": bus.config["interface"],
                              "channel": bus.config.get("channel"), **bus.status()}

@@ -18,6 +18,7 @@ rules, in one place:
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Iterable, Mapping
@@ -32,7 +33,6 @@ from canbridge.signals import (
     LatestValues,
     Update,
     Value,
-    is_condition,
 )
 
 if TYPE_CHECKING:
@@ -46,6 +46,9 @@ NEEDED = (CVL, CCL, DCL, DVL, "soc", "voltage", "current", "temperature")
 
 NUMERIC = (*NEEDED, "soh", "soc_reported")
 """Signals used as numbers: anything else in them is unusable."""
+NUMERIC_SET = frozenset(NUMERIC)
+CHECKED = frozenset((CVL, DVL, CCL, DCL, "voltage"))
+"""Signals the plausibility check looks at."""
 
 CHARGE_BLOCKERS = ("alarm_high_voltage", "alarm_high_temp_charge", "alarm_low_temp_charge",
                    "alarm_high_charge_current")
@@ -71,9 +74,13 @@ def ceil_to(value: float, step: float) -> float:
     return _on_grid(math.ceil(value / step - EPSILON), step)
 
 
+@functools.cache
+def _digits(step: float) -> int:
+    return max(0, -math.floor(math.log10(step) + EPSILON)) if step < 1 else 0
+
+
 def _on_grid(steps: int, step: float) -> float:
-    digits = max(0, -math.floor(math.log10(step) + EPSILON)) if step < 1 else 0
-    return round(steps * step, digits)
+    return round(steps * step, _digits(step))
 
 
 def finite(value: object) -> bool:
@@ -192,7 +199,7 @@ class StopModel:
     def accept(self, update: Update) -> None:
         """Take an update, less whatever is unusable (not a number, implausible)."""
         values = update.values
-        bad = [name for name in NUMERIC if name in values and not finite(values[name])]
+        bad = [name for name in values.keys() & NUMERIC_SET if not finite(values[name])]
         if bad:
             # Unusable, so not fresh: the signal ages into the safe state instead of making
             # the encoder fail and the inverter hear nothing at all.
@@ -212,6 +219,8 @@ class StopModel:
         self.latest.apply(update)
 
     def _implausible(self, values: Mapping[str, Value]) -> str:
+        if values.keys().isdisjoint(CHECKED):
+            return ""
         low, high = self.plausible
         problems = [f"{name} = {values[name]:g} V is outside {low:g}..{high:g} V"
                     for name in (CVL, DVL, "voltage")
@@ -239,7 +248,7 @@ class StopModel:
         latest = self.latest
         get = latest.get
         report = self._report_problem(now)
-        active = frozenset(name for name in latest if is_condition(name) and get(name) is True)
+        active = latest.active_conditions()
         system_alarms = tuple(name for name in SYSTEM_ERROR_ALARMS if name in active)
         system_error = not fresh or bool(report) or bool(system_alarms)
 

@@ -7,6 +7,7 @@ same timestamp on the pipeline clock; it is never partial.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Mapping
 
 Value = float | int | bool | str
@@ -66,26 +67,44 @@ class Update:
     __hash__ = None  # type: ignore[assignment]
 
 
+@functools.lru_cache(maxsize=256)
+def _conditions_in(names: tuple[str, ...]) -> tuple[str, ...]:
+    """The condition names among `names`: one frame type's updates always carry the same
+    names, so this is worked out once per kind of update, not per update."""
+    return tuple(name for name in names if is_condition(name))
+
+
 class LatestValues:
     """The latest value of every signal seen, with the pipeline time it was updated."""
 
-    __slots__ = ("_times", "_values")
+    __slots__ = ("_conditions", "_times", "_values")
 
     def __init__(self) -> None:
         self._values: dict[str, Value] = {}
         self._times: dict[str, float] = {}
+        self._conditions: set[str] = set()  # the alarm_/warning_ names held now
 
     def apply(self, update: Update) -> None:
         """Take the update's values; an alarm report first forgets every alarm and warning
         the previous report set, so a condition it does not mention is no longer active."""
         ts = update.timestamp
-        if ALARM_REPORT in update.values:
-            for name in [n for n in self._values if is_condition(n)]:
+        values = update.values
+        conditions = _conditions_in(tuple(values))
+        if ALARM_REPORT in values:
+            for name in self._conditions - values.keys():
                 del self._values[name]
                 del self._times[name]
-        for name, value in update.values.items():
+            self._conditions = set(conditions)
+        elif conditions:
+            self._conditions.update(conditions)
+        for name, value in values.items():
             self._values[name] = value
             self._times[name] = ts
+
+    def active_conditions(self) -> frozenset[str]:
+        """The alarm_* and warning_* conditions that are true now."""
+        values = self._values
+        return frozenset(name for name in self._conditions if values[name] is True)
 
     def get(self, name: str, default: Value | None = None) -> Value | None:
         return self._values.get(name, default)

@@ -90,8 +90,8 @@ class _Writer:
     def append(self, path: FilePath, day: date, header: str | None, line: str) -> None:
         self._jobs.put(("append", path, day, header, line))
 
-    def prune(self, path: FilePath, oldest_kept: date) -> None:
-        self._jobs.put(("prune", path, oldest_kept))
+    def prune(self, path: FilePath, today: date, keep_days: int, first: bool) -> None:
+        self._jobs.put(("prune", path, today, keep_days, first))
 
     def close(self, timeout: float) -> bool:
         """Write what is queued, close the file; False if that did not finish in time."""
@@ -184,14 +184,23 @@ class _Writer:
             with contextlib.suppress(OSError):  # reported already by the flush that failed
                 file.close()
 
-    def _prune(self, path: FilePath, oldest_kept: date) -> None:
+    def _prune(self, path: FilePath, today: date, keep_days: int, first: bool) -> None:
+        """Delete day files older than keep_days, judged by the files' own dates: at the
+        first row of a run, relative to the newest day file already there (a clock that
+        starts in the future must not empty the folder); never today's file."""
         try:
             names = os.listdir(path.parent)
         except OSError:
             return  # no folder yet: nothing to delete
-        for name in sorted(names):
-            day = day_of(path, name)
-            if day is not None and day < oldest_kept:
+        days = {name: day for name in names if (day := day_of(path, name)) is not None}
+        reference = today
+        if first:
+            earlier = [day for day in days.values() if day < today]
+            if earlier:
+                reference = min(today, max(earlier) + timedelta(days=1))
+        oldest_kept = reference - timedelta(days=keep_days - 1)
+        for name, day in sorted(days.items()):
+            if day < oldest_kept and day != today:
                 try:
                     (path.parent / name).unlink()
                     self.results.put(("deleted", f"deleted {path.parent / name}"))
@@ -288,8 +297,14 @@ class DataLog(Sink):
         stamp = datetime.fromtimestamp(self.clock.wall_time(now)).astimezone()
         day = stamp.date()
         if day != self._day:
-            self._day = day
-            self._writer.prune(self.path, day - timedelta(days=self.keep_days - 1))
+            previous, self._day = self._day, day
+            if previous is None or day == previous + timedelta(days=1):
+                self._writer.prune(self.path, day, self.keep_days, first=previous is None)
+            else:
+                # A wall clock stepped (NTP at boot on a Pi without RTC): no file is deleted
+                # because of that.
+                self.log.warning("%s: the wall clock moved from %s to %s: old day files are "
+                                 "not pruned for this change", self.name, previous, day)
         values = [self._value(name, now) for name in self.signals]
         time_text = stamp.isoformat(timespec="seconds")
         if self.csv:

@@ -294,7 +294,8 @@ inputs = ["frames"]
     doc = engine.status_document("stopped")
     assert doc["state"] == "stopped"
     assert doc["clock"] == "replay"
-    assert doc["engine"] == {"frames": 3, "updates": 3, "errors": 0}
+    assert doc["engine"] == {"frames": 3, "updates": 3, "errors": 0, "frames_dropped": 0,
+                             "forwards_dropped": 0}
     assert doc["buses"]["battery"]["frames_in"] == 3
     assert doc["buses"]["battery"]["finished"] is True
     assert doc["components"]["out"]["type"] == "test-collect"

@@ -51,6 +51,8 @@ from .state import (
 )
 
 DAY_SECS = 86400.0
+FUTURE_SLACK = 3600.0
+"""A saved date more than this ahead of the wall clock is treated as unknown."""
 BALANCE_NOW = Control("balance_now", BUTTON, "start a cell-balancing hold now")
 STALE_SLACK = 1e-6
 """Timer due times on a Unix-time clock are exact only to a few ulps (~0.2 µs)."""
@@ -242,8 +244,15 @@ class CellBalancing(Transform):
 
     def _due(self, now: float) -> bool:
         last = self._saved.last_end
-        return (self._due_now or last is None
-                or self.clock.wall_time(now) >= last + self.every_secs)
+        wall = self.clock.wall_time(now)
+        if last is not None and last > wall + FUTURE_SLACK:
+            # Recorded while the wall clock was ahead (an NTP step at boot): unknown, not a
+            # reason to wait years for the next balance.
+            self.log.warning("last balance %s is in the future: treated as unknown, "
+                             "balancing is due", iso(last))
+            self._saved = SavedState(None, self._saved.hold_started)
+            last = None
+        return self._due_now or last is None or wall >= last + self.every_secs
 
     def _balance_now(self, command: Command) -> None:
         """The balance_now button: a hold now if the SOC is above hold_soc, else due now,
@@ -293,7 +302,14 @@ class CellBalancing(Transform):
 
     def _load(self) -> SavedState:
         try:
-            return read_state(self.path)
+            state = read_state(self.path)
+            future = [t for t in (state.last_end, state.hold_started)
+                      if t is not None and t > self.clock.wall_time() + FUTURE_SLACK]
+            if future:
+                raise CorruptState(f"{iso(future[0])} is in the future (the clock stepped "
+                                   "back since it was written, or it was written by a clock "
+                                   "that was wrong)")
+            return state
         except FileNotFoundError:
             return SavedState()
         except CorruptState as exc:

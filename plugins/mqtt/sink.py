@@ -48,7 +48,7 @@ MAX_NAME_SETS = 64
 
 
 def _active_alarms(latest: LatestValues) -> set[str]:
-    return {name for name in latest if name.startswith("alarm_") and latest[name] is True}
+    return {name for name in latest.active_conditions() if name.startswith("alarm_")}
 
 
 def _json_value(value: Value) -> Value | None:

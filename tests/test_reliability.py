@@ -1,0 +1,162 @@
+"""Faults that must not take the inverter's frames away: floods, stalls, clock jumps,
+signals. Each test reproduces the fault the reliability review found."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+import can
+import pytest
+
+from canbridge import engine as engine_module
+from canbridge.config import load_pipeline
+from canbridge.engine import Engine
+from canbridge.registry import load_registry
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE = REPO / "examples" / "captures" / "lynk2-sample.log"
+
+
+def bridge_pipeline(folder: Path, inverter_channel: str, battery_channel: str) -> Path:
+    path = folder / "pipeline.toml"
+    path.write_text(f"""
+[status]
+file = "{folder / 'status.json'}"
+
+[buses.lynk]
+interface = "replay"
+path = "{SAMPLE}"
+loop = true
+
+[buses.battery]
+interface = "virtual"
+channel = "{battery_channel}"
+
+[buses.inverter]
+interface = "virtual"
+channel = "{inverter_channel}"
+record = "{folder / 'inverter.log'}"
+
+[sources.lynk]
+type = "discover-lynk2"
+bus = "lynk"
+
+[sinks.inverter]
+type = "pylontech"
+inputs = ["lynk"]
+bus = "inverter"
+
+[forwards.keepalive]
+from_bus = "inverter"
+to_bus = "battery"
+ids = [0x305]
+""")
+    return path
+
+
+def test_a_keepalive_flood_never_delays_the_bursts(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 0x305 flood (an inverter gone mad, a looped cable) with every frame forwarded gave
+    a 23.9 s burst gap and 1 M queued frames. Now: a bounded queue, timers between batches,
+    forwards at most max_per_sec."""
+    monkeypatch.setattr(engine_module, "QUEUE_LIMIT", 2000)
+    inverter, battery = f"flood-inv-{uuid.uuid4()}", f"flood-bat-{uuid.uuid4()}"
+    engine = Engine(load_pipeline(bridge_pipeline(tmp_path, inverter, battery),
+                                  load_registry()), duration=6.0)
+    runner = threading.Thread(target=engine.run)
+    flooding = threading.Event()
+    battery_side = can.Bus(interface="virtual", channel=battery)
+
+    def flood() -> None:
+        with can.Bus(interface="virtual", channel=inverter) as bus:
+            keepalive = can.Message(arbitration_id=0x305, data=bytes(8), is_extended_id=False)
+            while flooding.is_set():
+                for _ in range(200):
+                    bus.send(keepalive)
+
+    runner.start()
+    time.sleep(1.5)
+    flooding.set()
+    flooder = threading.Thread(target=flood)
+    flooder.start()
+    time.sleep(3.0)
+    flooding.clear()
+    flooder.join()
+    runner.join(15)
+    forwarded = 0
+    while battery_side.recv(timeout=0) is not None:
+        forwarded += 1
+    battery_side.shutdown()
+
+    bursts = [msg.timestamp for msg in can.LogReader(str(tmp_path / "inverter.log"))
+              if msg.arbitration_id == 0x351 and not msg.is_rx]
+    gaps = [b - a for a, b in itertools.pairwise(bursts)]
+    assert len(bursts) >= 4
+    assert max(gaps) < 1.5, gaps  # inverters give up near 3 s
+    status = engine.status_document("stopped")["engine"]
+    assert status["frames_dropped"] > 0  # the queue was bounded: the flood was cut
+    assert status["forwards_dropped"] > 0
+    assert forwarded <= 20 * 6 + 20  # max_per_sec = 20, over a 6 s run
+
+
+# -- wall-clock jumps ---------------------------------------------------------------------------
+
+
+def test_a_stepped_wall_clock_never_deletes_day_files(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """+400 days for 22 s (an NTP step on a Pi without RTC), then back: no file of the data
+    log may go, today's least of all."""
+    from canbridge_plugins.datalog import DataLog
+
+    from canbridge import Clock, Update
+    from canbridge import clock as clock_module
+    from canbridge.testing import build
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    for day in ("2026-11-28", "2026-11-29", "2026-11-30"):
+        (logs / f"battery-{day}.csv").write_text("time,soc\n")
+    offset = [0.0]
+    real_time = time.time
+    monkeypatch.setattr(clock_module.time, "time", lambda: real_time() + offset[0])
+    start = datetime(2026, 12, 1, 12, 0).timestamp()
+    offset[0] = start - real_time()
+    sink = build(DataLog, {"inputs": ["x"], "path": str(logs / "battery.csv"), "keep_days": 7,
+                           "signals": ["soc"]}, clock=Clock())
+    sink.on_update(Update(sink.clock.now(), {"soc": 50.0}))
+    sink._write_row()  # 2026-12-01
+    offset[0] += 400 * 86400
+    sink._write_row()  # 2028-01-05 for a moment
+    offset[0] -= 400 * 86400
+    sink._write_row()  # back on 2026-12-01
+    sink.stop()
+    names = sorted(p.name for p in logs.iterdir())
+    assert names == ["battery-2026-11-28.csv", "battery-2026-11-29.csv",
+                     "battery-2026-11-30.csv", "battery-2026-12-01.csv",
+                     "battery-2028-01-05.csv"]
+    assert (logs / "battery-2026-12-01.csv").read_text().count("\n") == 3  # header + 2 rows
+
+
+def test_a_balancing_date_in_the_future_is_unknown_not_a_reason_to_wait(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from canbridge_plugins.balancing import CellBalancing
+    from canbridge_plugins.balancing.state import SavedState, write_state
+
+    from canbridge import Clock, Update
+    from canbridge.testing import build
+
+    now = 1_790_000_000.0
+    path = tmp_path / "balancing.toml"
+    write_state(path, SavedState(last_end=now + 400 * 86400))  # written while 400 days ahead
+    balancing = build(CellBalancing, {"inputs": ["x"], "state_file": str(path)},
+                      clock=Clock(virtual=True, start=now))
+    assert "is in the future" in caplog.text
+    assert (tmp_path / "balancing.toml.corrupt").exists()  # moved aside, like a corrupt file
+    balancing.on_update(Update(now, {"soc": 98}))
+    balancing.on_update(Update(now + 1, {"soc": 100}))
+    assert balancing.holding  # due: not in 400 days
