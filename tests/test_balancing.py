@@ -460,6 +460,7 @@ def test_hold_only_ever_lowers_the_reported_soc(steps: list[tuple[float, int, bo
                 assert shown == (min(soc, 99) if update.values["balancing_active"] else soc)
                 assert not (update.values["balancing_active"] and update.values["alarm_general"])
                 assert 0 <= update.values["balancing_remaining"] <= 300
+        assert writer.flush()  # before the folder goes
 
 
 def test_the_state_file_is_written_off_the_engine_thread(
