@@ -162,8 +162,11 @@ def _run(args: argparse.Namespace) -> int:
         logging.getLogger("canbridge").info("%s received: stopping", name)
         engine.request_stop()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    # SIGHUP (a closed terminal, or `kill -HUP`) stops cleanly too: canbridge holds no
+    # configuration to reload, and dying without cleanup would lose data-log rows and leave
+    # the status "running" and MQTT without "offline".
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, on_signal)
     try:
         return engine.run()
     except Exception as exc:

@@ -107,6 +107,17 @@ class Clock:
             return due, timer
         return None
 
+    def skip(self, seconds: float) -> None:
+        """Jump virtual time `seconds` ahead without firing what falls in between: every
+        timer keeps its place relative to now (a replay skipping a gap in its capture)."""
+        self._now += seconds
+        timers = []
+        for due, order, timer in self._timers:
+            timer.due += seconds
+            timer.first += seconds
+            timers.append((due + seconds, order, timer))
+        self._timers = timers  # the same order, shifted alike: still a heap
+
     def advance_to(self, when: float) -> None:
         """Move virtual time forward (never back)."""
         if when > self._now:

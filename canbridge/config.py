@@ -58,8 +58,11 @@ BUS_OPTIONS = (
            'replay: 1.0 is real time; "max" plays at full speed on the capture\'s clock'),
     Option("loop", Flag(), False,
            "replay: start again at the end, one second after the last frame"),
+    Option("max_replay_gap_secs", Number(min=1.0), 3600.0,
+           'replay at speed "max": a jump in the capture\'s time longer than this is skipped '
+           "with a warning instead of simulated"),
 )
-REPLAY_ONLY = ("path", "speed", "loop")
+REPLAY_ONLY = ("path", "speed", "loop", "max_replay_gap_secs")
 
 FORWARD_OPTIONS = (
     Option("from_bus", BusRef(non_empty=True), schema.REQUIRED, "bus the frames come from"),

@@ -252,6 +252,16 @@ class Engine:
         countdown = check_every
         while item is not None and not self._stopping:
             ts, _, bus, msg = item
+            gap = ts - clock.now()
+            if gap > bus.config["max_replay_gap_secs"]:
+                # A frame years ahead (a bad timestamp) must not make every 1 Hz timer fire
+                # across the years: skip the gap, keep the timers' phase.
+                log.warning("replay %s: the capture jumps %.0f s ahead at %s; skipping the gap "
+                            "(max_replay_gap_secs = %g)", bus.name, gap, msg.timestamp,
+                            bus.config["max_replay_gap_secs"])
+                clock.skip(gap)
+                if end is not None:
+                    end += gap
             if end is not None and ts > end:
                 clock.run_due(end, on_timer_error)
                 clock.advance_to(end)

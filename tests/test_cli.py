@@ -9,6 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 from conftest import REPO, canbridge_cmd, run_canbridge, subprocess_env, write_capture
 
 T0 = 1745512155.0
@@ -69,7 +70,9 @@ def test_a_real_time_replay_ends_when_the_capture_does(tmp_path: Path, channel: 
     assert all(abs(ts - time.time()) < 60 for ts in stamps)
 
 
-def test_sigterm_stops_a_running_pipeline_cleanly(tmp_path: Path, channel: str) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_sigterm_or_sighup_stops_a_running_pipeline_cleanly(tmp_path: Path, channel: str,
+                                                            signum: int) -> None:
     path = pipeline(tmp_path, channel, speed="1.0", loop="true", frames=3, step=0.2)
     proc = subprocess.Popen(canbridge_cmd("run", str(path)), env=subprocess_env(),
                             stderr=subprocess.PIPE, text=True)
@@ -78,12 +81,12 @@ def test_sigterm_stops_a_running_pipeline_cleanly(tmp_path: Path, channel: str) 
     while not status.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert status.exists(), "the pipeline never wrote its status file"
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     sent = time.monotonic()
     _, stderr = proc.communicate(timeout=10)
     assert time.monotonic() - sent < 2.0
     assert proc.returncode == 0, stderr
-    assert "SIGTERM received: stopping" in stderr
+    assert f"{signal.Signals(signum).name} received: stopping" in stderr
     assert json.loads(status.read_text())["state"] == "stopped"
 
 

@@ -183,7 +183,8 @@ def test_config_shows_replay_options_only_on_a_replay_bus(
     code, err, out = validate(tmp_path, text, capsys, command="config")
     assert code == 0, err
     assert tomllib.loads(out)["buses"]["battery"] == {
-        "interface": "replay", "path": str(capture.resolve()), "speed": 1.0, "loop": False}
+        "interface": "replay", "path": str(capture.resolve()), "speed": 1.0, "loop": False,
+        "max_replay_gap_secs": 3600.0}
 
 
 def test_config_refuses_a_bad_file_with_exit_2(tmp_path: Path,

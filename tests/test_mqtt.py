@@ -361,3 +361,46 @@ def test_stop_is_quick_while_a_connect_hangs(tmp_path: Path) -> None:
         for filler in fillers:
             filler.close()
         server.close()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make certificates")
+def test_an_encrypted_key_is_refused_by_validate_never_prompted_for(tmp_path):
+    """OpenSSL would ask for the passphrase on the terminal and block start-up."""
+    _, cert, key = _certificates(tmp_path)
+    subprocess.run(["openssl", "pkey", "-in", str(key), "-aes256", "-passout", "pass:secret",
+                    "-out", str(tmp_path / "locked.key")], check=True, capture_output=True)
+    locked = tmp_path / "locked.key"
+    options = {"inputs": ["lynk"], "tls": True, "cert_file": str(cert), "key_file": str(locked)}
+    with pytest.raises(ValueError) as excinfo:
+        build(MqttSink, options, start=False)
+    assert str(excinfo.value) == (f"key_file: {locked} is encrypted: give key_password_file "
+                                  "(canbridge never prompts for a passphrase)")
+    (tmp_path / "passphrase").write_text("secret\n")
+    build(MqttSink, {**options, "key_password_file": str(tmp_path / "passphrase")},
+          start=False)  # with the passphrase from a file: fine
+    (tmp_path / "passphrase").write_text("wrong\n")
+    with pytest.raises(ValueError, match=r"cert_file: .* / key_file .*locked.key: not a usable "
+                                         r"certificate and key"):
+        build(MqttSink, {**options, "key_password_file": str(tmp_path / "passphrase")},
+              start=False)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make certificates")
+def test_a_missing_tls_file_is_named_and_retried_with_backoff(tmp_path, caplog):
+    """At run time (the file vanished after validate): the file is named, and MQTT is tried
+    again with backoff rather than left off for the whole run."""
+    clock = Clock(virtual=True, start=0.0)
+    ca, _, _ = _certificates(tmp_path)
+    sink = build(MqttSink, {"inputs": ["lynk"], "tls": True, "host": "127.0.0.1",
+                            "port": 1, "ca_file": str(ca)},
+                 name="mqtt", clock=clock, start=False)
+    ca.unlink()
+    with caplog.at_level(logging.ERROR):
+        sink.start()
+        run_timers(clock, 40.0)
+    status = sink.status()
+    assert status["last_error"] == f"ca_file {ca}: no such file"
+    assert status["errors"] == 4  # at 0, then 5, 10 and 20 s later: backoff doubling
+    assert [r.getMessage() for r in caplog.records] == [
+        f"mqtt: cannot set up MQTT: ca_file {ca}: no such file; trying again with backoff"]
+    sink.stop()

@@ -160,3 +160,49 @@ def test_a_balancing_date_in_the_future_is_unknown_not_a_reason_to_wait(
     balancing.on_update(Update(now, {"soc": 98}))
     balancing.on_update(Update(now + 1, {"soc": 100}))
     assert balancing.holding  # due: not in 400 days
+
+
+# -- a far-future timestamp in a replay ------------------------------------------------------
+
+
+def test_a_frame_years_ahead_in_a_capture_is_skipped_not_simulated(tmp_path: Path) -> None:
+    """One frame 5 years ahead at speed "max" made every 1 Hz timer fire across the years
+    (SIGTERM ignored for 10 minutes, a record of 8.9 GB)."""
+    from conftest import run_canbridge, write_capture
+
+    frames = [(float(f"{line.split(')')[0][1:]}"), int(line.split()[2].split("#")[0], 16),
+               bytes.fromhex(line.split("#")[1].strip()))
+              for line in SAMPLE.read_text().splitlines() if line.strip()]
+    t0 = frames[0][0]
+    late = [(ts + 5 * 365 * 86400, frame_id, data) for ts, frame_id, data in frames[:12]]
+    capture = write_capture(tmp_path / "jump.log", [*frames, *late])
+    path = tmp_path / "p.toml"
+    path.write_text(f"""
+[status]
+file = "{tmp_path / 'status.json'}"
+[buses.battery]
+interface = "replay"
+path = "{capture}"
+speed = "max"
+[buses.inverter]
+interface = "virtual"
+channel = "jump-{uuid.uuid4()}"
+record = "{tmp_path / 'inverter.log'}"
+[sources.lynk]
+type = "discover-lynk2"
+bus = "battery"
+[sinks.inverter]
+type = "pylontech"
+inputs = ["lynk"]
+bus = "inverter"
+""")
+    started = time.monotonic()
+    result = run_canbridge("run", str(path), timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - started < 30
+    assert "replay battery: the capture jumps" in result.stderr
+    assert "skipping the gap (max_replay_gap_secs = 3600)" in result.stderr
+    bursts = [msg.timestamp for msg in can.LogReader(str(tmp_path / "inverter.log"))
+              if msg.arbitration_id == 0x351]
+    assert len(bursts) < 30  # seconds of bursts, not 5 years of them
+    assert max(bursts) - t0 > 4 * 365 * 86400  # the frames after the gap were played
