@@ -36,6 +36,8 @@ VOCABULARY = frozenset({
 })
 """Every signal name of the battery vocabulary (protocols/signals.md). Transforms add
 `<name>_active` of their own."""
+CONDITION_NAMES = frozenset(name for name in VOCABULARY if name.startswith(CONDITION_PREFIXES)
+                            and name != ALARM_REPORT)
 
 
 def is_condition(name: str) -> bool:
@@ -89,14 +91,13 @@ class LatestValues:
         the previous report set, so a condition it does not mention is no longer active."""
         ts = update.timestamp
         values = update.values
-        conditions = _conditions_in(tuple(values))
         if ALARM_REPORT in values:
             for name in self._conditions - values.keys():
                 del self._values[name]
                 del self._times[name]
-            self._conditions = set(conditions)
-        elif conditions:
-            self._conditions.update(conditions)
+            self._conditions = set(_conditions_in(tuple(values)))
+        elif not CONDITION_NAMES.isdisjoint(values):  # rare: alarms outside a report
+            self._conditions.update(_conditions_in(tuple(values)))
         for name, value in values.items():
             self._values[name] = value
             self._times[name] = ts

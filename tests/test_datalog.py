@@ -190,7 +190,8 @@ def test_pruning_happens_again_each_new_day(tmp_path: Path) -> None:
     logs = tmp_path / "logs"
     logs.mkdir()
     (logs / "battery-2025-04-23.csv").write_text("old\n")
-    sink, clock = make(tmp_path, "2025-04-24T23:58:30", signals=["soc"], keep_days=2)
+    sink, clock = make(tmp_path, "2025-04-24T23:58:30", signals=["soc"], keep_days=2,
+                       flush_every_secs=60)
     advance(sink, clock, 60, {1: {"soc": 1.0}})
     wait_for(lambda: (logs / "battery-2025-04-24.csv").exists())
     assert (logs / "battery-2025-04-23.csv").exists()
@@ -229,25 +230,27 @@ def test_other_columns_go_to_a_second_part_of_the_day(tmp_path: Path) -> None:
 
 def test_an_unwritable_folder_is_logged_once_counted_and_recovers(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    sink, clock = make(tmp_path, "2025-04-24T12:00:00", signals=["soc"])
+    sink, clock = make(tmp_path, "2025-04-24T12:00:00", signals=["soc"], flush_every_secs=60)
     blocker = tmp_path / "logs"
     blocker.write_text("a file where the folder should be\n")  # after check() passed
     caplog.set_level(logging.INFO)
     advance(sink, clock, 180, {1: {"soc": 40.0}})
-    wait_for(lambda: sink.status()["errors"] == 3)
+    wait_for(lambda: sink.status()["errors"] == 3)  # one failed flush a minute
     status = sink.status()
     assert status["state"] == "error" and status["rows"] == 3
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
-    assert len(errors) == 1  # rate-limited: one line, not one per row
+    assert len(errors) == 1  # rate-limited: one line, not one per flush
     assert errors[0].startswith(f"cannot write {tmp_path / 'logs'}")
-    assert errors[0].endswith(": row lost, the pipeline goes on")
+    assert errors[0].endswith(": the rows wait in memory for the next flush, the pipeline "
+                              "goes on")
 
-    blocker.unlink()  # the operator fixes it; the next row goes out
+    blocker.unlink()  # the operator fixes it; the next flush writes every waiting row
     advance(sink, clock, 60)
     wait_for(lambda: sink.status()["state"] == "ok")
     sink.stop()
     assert (tmp_path / "logs" / "battery-2025-04-24.csv").read_text() == (
-        "time,soc\n2025-04-24T12:04:00+02:00,40.0\n")
+        "time,soc\n2025-04-24T12:01:00+02:00,40.0\n2025-04-24T12:02:00+02:00,40.0\n"
+        "2025-04-24T12:03:00+02:00,40.0\n2025-04-24T12:04:00+02:00,40.0\n")
     assert sink.status()["errors"] == 3
     day = tmp_path / "logs" / "battery-2025-04-24.csv"
     assert f"writing {day} again" in caplog.messages
@@ -339,3 +342,87 @@ def test_a_full_speed_replay_through_canbridge_run(tmp_path: Path) -> None:
         "2025-04-25T00:04:00+02:00,8,\n")
     final = json.loads((tmp_path / "status.json").read_text())["components"]["log"]
     assert final["rows"] == 9 and final["errors"] == 0 and final["state"] == "ok"
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs: a disk that really fills up (needs root to mount)."""
+    import subprocess
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_full_disk_never_leaves_a_cut_row_and_loses_no_row(small_disk: Path) -> None:
+    """A JSON Lines row cut by a full disk used to stay in the file and break json.loads for
+    the whole file. Now the block that did not fit is removed whole and written later."""
+    sink, clock = make(small_disk, "2025-04-24T12:00:00", format="jsonl", signals=["soc"],
+                       flush_every_secs=60)
+    log = small_disk / "logs" / "battery-2025-04-24.csv"  # JSON Lines, by the format
+    advance(sink, clock, 60, {1: {"soc": 40.0}})
+    wait_for(lambda: log.exists())
+    filler = small_disk / "filler"
+    with filler.open("wb", buffering=0) as file:  # fill the disk to its last bytes
+        try:
+            while True:
+                file.write(b"x" * 512)
+        except OSError:
+            pass
+    advance(sink, clock, 6000)  # 100 rows: past the room left in the file's last page
+    wait_for(lambda: sink.status()["errors"] >= 1)
+    written = [json.loads(line) for line in log.read_text().splitlines()]  # every line whole
+    assert 1 <= len(written) < 101
+    filler.unlink()  # room again
+    advance(sink, clock, 60)
+    sink.stop()
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(rows) == 102  # not one row lost
+    assert rows[0]["time"] == "2025-04-24T12:01:00+02:00"
+    assert rows[-1]["time"] == "2025-04-24T13:42:00+02:00"
+
+
+def test_rows_wait_for_the_flush_interval_and_survive_sigterm(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+
+    from conftest import canbridge_cmd, subprocess_env
+
+    sample = Path(__file__).resolve().parent.parent / "examples/captures/lynk2-sample.log"
+    path = tmp_path / "p.toml"
+    path.write_text(f"""
+[status]
+file = "{tmp_path / 'status.json'}"
+[buses.battery]
+interface = "replay"
+path = "{sample}"
+loop = true
+[sources.lynk]
+type = "discover-lynk2"
+bus = "battery"
+[sinks.datalog]
+type = "datalog"
+inputs = ["lynk"]
+path = "{tmp_path / 'log' / 'battery.csv'}"
+every_secs = 1
+""")
+    proc = subprocess.Popen(canbridge_cmd("run", str(path)), env=subprocess_env(),
+                            stderr=subprocess.PIPE, text=True)
+    status = tmp_path / "status.json"
+    wait_for(lambda: status.exists() and json.loads(status.read_text())["components"]
+             ["datalog"]["rows"] >= 3, timeout=20)
+    assert list((tmp_path / "log").glob("*.csv")) == []  # waiting for the 600 s flush
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=10)
+    assert proc.returncode == 0, stderr
+    rows = json.loads(status.read_text())["components"]["datalog"]["rows"]
+    files = list((tmp_path / "log").glob("*.csv"))
+    assert len(files) == 1
+    assert len(files[0].read_text().splitlines()) == rows + 1  # header + every row
