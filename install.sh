@@ -408,7 +408,7 @@ user_and_venv() {
     fi
     ensure_dir "$ETC_DIR" 0755 root:root
     ensure_dir "$STATE_DIR" 0750 "$SERVICE_USER:$SERVICE_USER"
-    ensure_dir "$LOG_DIR" 0755 "$SERVICE_USER:$SERVICE_USER"
+    ensure_dir "$LOG_DIR" 0750 "$SERVICE_USER:$SERVICE_USER"  # battery history: the service group only
     ensure_dir "$OPT_DIR" 0755 root:root
 
     [[ -f $SRC_DIR/examples/pipeline.toml ]] || die "$SRC_DIR/examples/pipeline.toml is missing"

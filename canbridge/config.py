@@ -141,7 +141,8 @@ class PipelineConfig:
         for section in COMPONENT_SECTIONS:
             specs = [s for s in self.components if s.section == section]
             if specs:
-                out[section] = {s.name: {"type": s.cls.type_name, **_clean(s.values)}
+                out[section] = {s.name: {"type": s.cls.type_name,
+                                         **_clean(_masked(s.cls.schema(), s.values))}
                                 for s in specs}
         if self.forwards:
             out["forwards"] = {name: _clean(values) for name, values in self.forwards.items()}
@@ -149,6 +150,16 @@ class PipelineConfig:
             if table != "pipeline":
                 out[table] = _clean(values)
         return out
+
+
+SECRET_SHOWN = "********"
+
+
+def _masked(options: Sequence[Option], values: Mapping[str, Any]) -> dict[str, Any]:
+    """Values with every secret option's value hidden (`canbridge config` output gets pasted
+    into forums and issues)."""
+    secret = {option.name for option in options if option.secret}
+    return {k: SECRET_SHOWN if k in secret and v is not None else v for k, v in values.items()}
 
 
 def _clean(values: Mapping[str, Any]) -> dict[str, Any]:

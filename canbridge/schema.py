@@ -247,6 +247,8 @@ class Option:
     kind: Kind
     default: Any = REQUIRED
     help: str = ""
+    secret: bool = False
+    """Never shown by `canbridge config` (a password)."""
 
     @property
     def required(self) -> bool:

@@ -7,8 +7,10 @@ any user who can read the file, and a stuck or dead service shows as an old file
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import stat
 import sys
 import tempfile
 import time
@@ -57,6 +59,17 @@ def _default_read_path() -> FilePath:
     return service if service.exists() else default_status_path()
 
 
+def _private_folder(folder: FilePath) -> None:
+    """A folder of ours in the shared /tmp: created 0700, and refused when another user made
+    it first (they could then read or replace our status file)."""
+    with contextlib.suppress(FileExistsError):
+        folder.mkdir(mode=0o700)
+    info = folder.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise OSError(f"{folder} is not a private folder of user id {os.getuid()} (made by "
+                      f"someone else?): not writing the status there; set [status] file")
+
+
 def write_status(path: FilePath | str, doc: Mapping[str, Any]) -> None:
     """Write `doc` as JSON atomically (temp file in the same folder, then rename).
 
@@ -64,6 +77,8 @@ def write_status(path: FilePath | str, doc: Mapping[str, Any]) -> None:
     a half-written file.
     """
     path = FilePath(path)
+    if path.parent.parent == FilePath(tempfile.gettempdir()):
+        _private_folder(path.parent)
     path.parent.mkdir(parents=True, exist_ok=True)
     # default=str: one odd value in a component's status must not cost the whole file.
     text = json.dumps(doc, indent=2, default=str) + "\n"

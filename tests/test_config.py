@@ -275,3 +275,13 @@ def test_control_is_refused_for_an_anonymous_broker_elsewhere(
     for allowed in ('host = "127.0.0.1"\n', 'host = "homeassistant.lan"\nusername = "cb"\n'):
         code, err, _ = validate(tmp_path, GOOD + mqtt + allowed, capsys)
         assert code == 0, err
+
+
+def test_config_never_prints_a_password(tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    text = GOOD + ('\n[sinks.mqtt]\ntype = "mqtt"\ninputs = ["tag"]\nusername = "me"\n'
+                   'password = "hunter2"\n')
+    code, _, out = validate(tmp_path, text, capsys, command="config")
+    assert code == 0
+    assert "hunter2" not in out
+    assert tomllib.loads(out)["sinks"]["mqtt"]["password"] == "********"

@@ -181,7 +181,7 @@ def test_a_first_install_writes_every_file(root: Path) -> None:
 
     assert (root / PIPELINE).read_bytes() == (REPO / "examples/pipeline.toml").read_bytes()
     assert mode(root / "var/lib/canbridge") == 0o750
-    assert mode(root / "var/log/canbridge") == 0o755
+    assert mode(root / "var/log/canbridge") == 0o750  # data logs: the service group only
     assert mode(root / SERVICE) == 0o644
     assert os.readlink(root / "usr/local/bin/canbridge") == "/opt/canbridge/venv/bin/canbridge"
 
@@ -289,7 +289,7 @@ def test_dry_run_changes_nothing_and_prints_every_action(tmp_path: Path,
                    "would create /etc/canbridge/can0.env", "would create /etc/canbridge/can1.env",
                    "would create /etc/canbridge/pipeline.toml",
                    "would create /var/lib/canbridge (mode 0750, owner canbridge:canbridge)",
-                   "would create /var/log/canbridge (mode 0755, owner canbridge:canbridge)",
+                   "would create /var/log/canbridge (mode 0750, owner canbridge:canbridge)",
                    f"would run: python3 -m venv {root}/opt/canbridge/venv",
                    f"would run: {root}/opt/canbridge/venv/bin/pip install --quiet --upgrade",
                    "would create /etc/mosquitto/conf.d/canbridge.conf",

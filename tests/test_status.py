@@ -314,3 +314,21 @@ def test_a_running_pipeline_end_to_end(tmp_path: Path) -> None:
     code, _ = run_status(str(pipeline))
     assert code == 1
     assert json.loads(status_file.read_text())["state"] == "stopped"
+
+
+def test_the_shared_tmp_status_folder_is_private_and_a_foreign_one_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
+    from canbridge.status import write_status
+
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path))
+    ours = tmp_path / f"canbridge-{os.getuid()}"
+    write_status(ours / "status.json", {"state": "running"})
+    assert ours.stat().st_mode & 0o777 == 0o700
+    planted = tmp_path / "canbridge-planted"
+    planted.mkdir(mode=0o777)
+    planted.chmod(0o777)  # as another user would leave it: writable by all
+    with pytest.raises(OSError, match="is not a private folder of user id"):
+        write_status(planted / "status.json", {"state": "running"})
+    assert not (planted / "status.json").exists()

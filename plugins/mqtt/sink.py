@@ -91,7 +91,7 @@ class MqttSink(Sink):
         Option("username", Text(), None, "user name, if the broker wants one"),
         Option("password_file", Path(), None, "file whose first line is the password"),
         Option("password", Text(), None,
-               "password in the pipeline file itself (prefer password_file)"),
+               "password in the pipeline file itself (prefer password_file)", secret=True),
         Option("tls", Flag(), False, "connect with TLS"),
         Option("ca_file", Path(), None, "CA certificates for TLS (unset: the system's)"),
         Option("cert_file", Path(), None, "client certificate for TLS, if the broker wants one"),
