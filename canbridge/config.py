@@ -458,6 +458,7 @@ def _check_graph(specs: list[ComponentSpec], raw_tables: Mapping[str, dict[str, 
             elif source == spec.name:
                 out.add([*path, "inputs"], "a component cannot take its own output")
     _check_cycles(specs, by_name, out)
+    _check_current_shares(specs, by_name, out)
     # Judged on what the file says, so a component with a bad option does not also make
     # its inputs look unused.
     consumed = {name for table in raw_tables.values()
@@ -467,6 +468,33 @@ def _check_graph(specs: list[ComponentSpec], raw_tables: Mapping[str, dict[str, 
         if section != "sinks" and name not in consumed:
             out.add([section, name], "nothing takes this component's updates "
                     "(no sink or transform lists it in inputs)", warning=True)
+
+
+def _check_current_shares(specs: list[ComponentSpec], by_name: dict[str, ComponentSpec],
+                          out: _Collector) -> None:
+    """Inverters fed by one battery may together take at most its limits: warn when their
+    `current_share`s add up to more than 1."""
+    def sources(name: str, seen: frozenset[str] = frozenset()) -> set[str]:
+        spec = by_name.get(name)
+        if spec is None or name in seen:
+            return set()
+        inputs = spec.values.get("inputs")
+        if not inputs:
+            return {name}
+        return {root for source in inputs for root in sources(source, seen | {name})}
+
+    shares: dict[str, list[ComponentSpec]] = {}
+    for spec in specs:
+        if spec.section == "sinks" and "current_share" in spec.values:
+            for root in sources(spec.name):
+                shares.setdefault(root, []).append(spec)
+    for root, sinks in shares.items():
+        total = sum(spec.values["current_share"] for spec in sinks)
+        if len(sinks) > 1 and total > 1.0 + 1e-9:
+            names = ", ".join(f"{s.name} {s.values['current_share']:g}" for s in sinks)
+            out.add([sinks[-1].section, sinks[-1].name, "current_share"],
+                    f"the inverters fed by {root!r} take {total:g} of its current limits "
+                    f"together ({names}): more than the battery allows", warning=True)
 
 
 def _check_cycles(specs: list[ComponentSpec], by_name: dict[str, ComponentSpec],

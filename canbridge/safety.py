@@ -109,6 +109,9 @@ INVERTER_OPTIONS = (
            "cap on the charge current limit (A); only ever lowers the battery's value"),
     Option("max_discharge_current", Number(min=0.0, max=3276.7), None,
            "cap on the discharge current limit (A); only ever lowers the battery's value"),
+    Option("current_share", Number(min=0.0, min_exclusive=True, max=1.0), 1.0,
+           "this inverter's share of the battery's current limits (two inverters on one "
+           "bank: 0.5 each); scales CCL and DCL, never the stop"),
     Option("plausible_voltage_min", Number(min=1.0, max=1000.0), 40.0,
            "lowest plausible CVL, DVL and pack voltage (V); anything outside is not data"),
     Option("plausible_voltage_max", Number(min=1.0, max=1000.0), 65.0,
@@ -184,6 +187,7 @@ class StopModel:
         self.stop_by_voltage = cfg["stop_charge_by"] == "voltage"
         self.caps = (cfg["max_charge_voltage"], cfg["max_charge_current"],
                      cfg["max_discharge_current"])
+        self.share = cfg["current_share"]
         self.plausible = (cfg["plausible_voltage_min"], cfg["plausible_voltage_max"])
         self.voltage_step = voltage_step
         self.current_step = current_step
@@ -257,8 +261,9 @@ class StopModel:
         battery_cvl = floor_to(get(CVL), volt)  # type: ignore[arg-type]
         dvl = ceil_to(get(DVL), volt)  # type: ignore[arg-type]
         cvl = min(max(floor_to(_capped(get(CVL), cap_cvl), volt), dvl), battery_cvl)
-        ccl = floor_to(_capped(get(CCL), cap_ccl), amp)
-        dcl = floor_to(_capped(get(DCL), cap_dcl), amp)
+        share = self.share
+        ccl = floor_to(_capped(get(CCL) * share, cap_ccl), amp)  # type: ignore[operator]
+        dcl = floor_to(_capped(get(DCL) * share, cap_dcl), amp)  # type: ignore[operator]
 
         common = (("battery data stale",) if not fresh else
                   (report,) if report else system_alarms)

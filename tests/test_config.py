@@ -285,3 +285,16 @@ def test_config_never_prints_a_password(tmp_path: Path,
     assert code == 0
     assert "hunter2" not in out
     assert tomllib.loads(out)["sinks"]["mqtt"]["password"] == "********"
+
+
+def test_current_shares_over_one_for_one_battery_are_a_warning(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sinks = ('\n[sinks.a]\ntype = "pylontech"\ninputs = ["tag"]\nbus = "inverter"\n'
+             'current_share = 0.7\n'
+             '\n[sinks.b]\ntype = "pylontech-rs485"\ninputs = ["tag"]\nport = "/dev/ttyUSB9"\n'
+             'current_share = 0.5\n')
+    code, err, _ = validate(tmp_path, GOOD + sinks, capsys)
+    assert code == 0
+    assert err == ["P:32: sinks.b.current_share: warning: the inverters fed by 'frames' take "
+                   "1.2 of its current limits together (a 0.7, b 0.5): more than the battery "
+                   "allows"]
