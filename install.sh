@@ -26,8 +26,9 @@ readonly MQTT_USER=canbridge
 readonly SERVICE_USER=canbridge
 readonly COMMAND_LINK=/usr/local/bin/canbridge
 
-# The CAN links: name, bit rate, what is on the other end.
-readonly LINKS=(
+# The CAN links: name, bit rate, what is on the other end; --can-link adds more (a USB CAN
+# adapter for a second inverter).
+LINKS=(
     "can0 250000 the battery (Discover LYNK II)"
     "can1 500000 the inverter (Pylontech)"
 )
@@ -63,6 +64,8 @@ Options:
                            implies --mqtt-lan
   --mqtt-local             back to a broker reachable from this machine only (the default,
                            unless an earlier run used --mqtt-lan)
+  --can-link NAME:BITRATE  also bring up this CAN link at boot (e.g. can2:500000 for a
+                           USB CAN adapter feeding a second inverter); may be repeated
   --no-broker              do not install or configure mosquitto
   --uninstall              remove the service, units, venv and broker settings; keeps
                            $ETC_DIR and $STATE_DIR
@@ -269,6 +272,12 @@ parse_args() {
         --mqtt-password-file)
             (($# >= 2)) || die "--mqtt-password-file needs a file"
             PASSWORD_FILE=$2
+            shift
+            ;;
+        --can-link)
+            (($# >= 2)) || die "--can-link needs NAME:BITRATE"
+            [[ $2 =~ ^(can[0-9]+):([0-9]+)$ ]] || die "--can-link $2: expected NAME:BITRATE, like can2:500000"
+            LINKS+=("${BASH_REMATCH[1]} ${BASH_REMATCH[2]} another inverter or adapter (--can-link)")
             shift
             ;;
         --no-broker) BROKER=0 ;;

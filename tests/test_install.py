@@ -622,3 +622,13 @@ def test_the_control_card_and_automation_use_the_controls_canbridge_announces() 
     topics = re.findall(r"topic: canbridge/(\w+)/set/(\w+)", automation)
     assert topics == [(node, "charge_current_max")]
     assert CONTROLS[0].parse('{"value": 20, "for_minutes": 120}').for_minutes == 120
+
+
+def test_a_third_can_link_for_a_usb_adapter(tmp_path: Path) -> None:
+    root = fake_root(tmp_path)
+    output = install(root, "--can-link", "can2:500000")
+    assert config_lines(root / "etc/canbridge/can2.env") == ["BITRATE=500000"]
+    assert config_lines(root / "etc/canbridge/can0.env") == ["BITRATE=250000"]
+    assert "skipped under --root: systemctl enable canbridge-can@can2.service" in output
+    bad = install(root, "--can-link", "usb0", expect=1)
+    assert "--can-link usb0: expected NAME:BITRATE, like can2:500000" in bad
