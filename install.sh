@@ -64,6 +64,8 @@ Options:
                            implies --mqtt-lan
   --mqtt-local             back to a broker reachable from this machine only (the default,
                            unless an earlier run used --mqtt-lan)
+  --web-lan                let other machines open the web page (port 8080; read-only:
+                           battery state, no controls)
   --can-link NAME:BITRATE  also bring up this CAN link at boot (e.g. can2:500000 for a
                            USB CAN adapter feeding a second inverter); may be repeated
   --no-broker              do not install or configure mosquitto
@@ -80,6 +82,7 @@ SKIP_VENV=0
 MQTT_MODE=""
 PASSWORD_FILE=""
 BROKER=1
+WEB_LAN=0
 UNINSTALL=0
 
 # What the run did so far, for the later steps and the summary.
@@ -281,6 +284,7 @@ parse_args() {
             shift
             ;;
         --no-broker) BROKER=0 ;;
+        --web-lan) WEB_LAN=1 ;;
         --uninstall) UNINSTALL=1 ;;
         --help | -h)
             usage
@@ -693,6 +697,27 @@ uninstall() {
     say "want them gone; a new install.sh run picks up the kept configuration."
 }
 
+# The web sink of the pipeline listens on this machine only; --web-lan opens it to the LAN
+# by rewriting the example's listen line (a line the owner changed is left to them).
+web_page() {
+    ((WEB_LAN)) || return 0
+    step "web page"
+    local file local_line='listen = "127.0.0.1:8080"' lan_line='listen = "0.0.0.0:8080"'
+    file=$(p "$PIPELINE")
+    if grep -q "^$lan_line" "$file" 2>/dev/null; then
+        info "the web page is open to the LAN already"
+    elif grep -q "^$local_line" "$file" 2>/dev/null; then
+        if ((DRY_RUN)); then
+            change "would let the web page of $PIPELINE listen on the LAN (port 8080)"
+        else
+            sed -i "s|^$local_line|$lan_line|" "$file"
+            change "the web page of $PIPELINE listens on the LAN (port 8080)"
+        fi
+    else
+        NOTES+=("--web-lan: set listen = \"0.0.0.0:8080\" in the web sink of $PIPELINE yourself (its listen line is not the example's).")
+    fi
+}
+
 main() {
     parse_args "$@"
     preflight "$@"
@@ -705,6 +730,7 @@ main() {
     can_links
     user_and_venv
     broker
+    web_page
     service
     check_links
     summary

@@ -51,6 +51,9 @@ def write_pipeline(folder: Path, battery: dict[str, Any], *, port: int,
     config["sinks"]["inverter"]["stale_after_secs"] = stale_after
     config["sinks"]["mqtt"].update(host=HOST, port=port)
     config["sinks"]["datalog"]["path"] = str(folder / "log" / "battery.csv")
+    if "web" in config["sinks"]:  # a free port: runs side by side must not collide
+        config["sinks"]["web"].update(listen="127.0.0.1:0",
+                                      history_file=str(folder / "log" / "battery.csv"))
     config["sinks"].update(sinks or {})
     config["status"] = {"file": str(folder / "status.json")}
     path = folder / "pipeline.toml"

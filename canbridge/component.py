@@ -74,6 +74,8 @@ class Context:
     pipeline_name: str = "battery"
     pipeline_dir: str = "."
     health: Callable[[], dict[str, dict[str, Any]]] = dict
+    pipeline_status: Callable[[], dict[str, Any]] = dict
+    """The whole status document (components, buses, engine), as `canbridge status` reads."""
     controls: ControlBoard = field(default_factory=ControlBoard)
     post: Callable[[Callable[[], None]], None] = _call_now
     """Run a function on the engine thread soon; safe from any thread (commands from MQTT).

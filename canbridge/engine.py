@@ -123,7 +123,8 @@ class Engine:
                               buses=self.buses, dry_run=self.dry_run,
                               pipeline_name=self.config.name,
                               pipeline_dir=str(self.config.folder), health=self.health,
-                              controls=self.controls, post=self.post)
+                              controls=self.controls, post=self.post,
+                              pipeline_status=lambda: self.status_document("running"))
             self.components[spec.name] = spec.cls(spec.name, spec.values, context)
         for spec in order:
             component = self.components[spec.name]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import logging
 import logging.handlers
 import os
@@ -48,6 +49,34 @@ def stderr_is_journal(env: Mapping[str, str] = os.environ) -> bool:
     return (stat.st_dev, stat.st_ino) == (device, inode)
 
 
+RECENT_EVENTS = 50
+
+
+class RecentEvents(logging.Handler):
+    """The last RECENT_EVENTS operator log events, for the web page (any thread may log)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=RECENT_EVENTS)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad log call must not break logging
+            message = str(record.msg)
+        self.events.append({"time": record.created, "level": record.levelname.lower(),
+                            "source": record.name.removeprefix("canbridge."),
+                            "message": message})
+
+
+RECENT = RecentEvents()
+
+
+def recent_events() -> list[dict[str, Any]]:
+    """The operator log's latest events, oldest first."""
+    return list(RECENT.events)
+
+
 def setup_logging(table: Mapping[str, Any], cli_level: str | None) -> None:
     """Configure the root logger from the pipeline's `[log]` table (defaults filled in or not).
 
@@ -66,6 +95,7 @@ def setup_logging(table: Mapping[str, Any], cli_level: str | None) -> None:
     else:
         stderr.setFormatter(logging.Formatter(TIMESTAMP_FORMAT))
     _install(root, stderr)
+    _install(root, RECENT)
     root.setLevel(level)
 
     if values["file"]:
@@ -85,5 +115,7 @@ def setup_logging(table: Mapping[str, Any], cli_level: str | None) -> None:
 
 
 def _install(root: logging.Logger, handler: logging.Handler) -> None:
+    if handler in root.handlers:
+        return
     handler._canbridge = True  # type: ignore[attr-defined]
     root.addHandler(handler)

@@ -195,6 +195,8 @@ class StopModel:
         self.state = "waiting"
         self.safety = "waiting for battery data"
         self.implausible = 0
+        self.last: Decision | None = None
+        """What the inverter was last told."""
         self._last_implausible: str | None = None
         self._disabled: dict[str, tuple[str, ...]] = {"charge": (), "discharge": ()}
 
@@ -279,7 +281,7 @@ class StopModel:
         if discharge_why:
             dcl = self.stop_current
         self._explain(fresh, charge_why, discharge_why)
-        return Decision(
+        self.last = Decision(
             charge_enable=not charge_why, discharge_enable=not discharge_why,
             system_error=system_error,
             charge_voltage_limit=cvl, charge_current_limit=ccl,
@@ -288,6 +290,7 @@ class StopModel:
             voltage=get("voltage"), current=get("current") if fresh else 0.0,  # type: ignore[arg-type]
             temperature=get("temperature"),  # type: ignore[arg-type]
             active=active)
+        return self.last
 
     def _report_problem(self, now: float) -> str:
         """Why the alarm status is not known now, or "" when it is."""
@@ -386,6 +389,11 @@ class StopModel:
             "implausible": self.implausible,
             "alarm_report_age": None if report_at is None else round(now - report_at, 3),
             "alarms_supported": self.latest.get(ALARM_REPORT) != REPORT_NONE,
+            "sent": None if self.last is None or self.state == "silent" else {
+                CVL: self.last.charge_voltage_limit, CCL: self.last.charge_current_limit,
+                DCL: self.last.discharge_current_limit, DVL: self.last.discharge_voltage_limit,
+                "charge_enable": self.last.charge_enable,
+                "discharge_enable": self.last.discharge_enable},
         }
 
 

@@ -49,7 +49,12 @@ def default_status_path() -> FilePath:
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime:
         return FilePath(runtime) / "canbridge" / STATUS_NAME
-    return FilePath(tempfile.gettempdir()) / f"canbridge-{os.getuid()}" / STATUS_NAME
+    return _shared_tmp_folder() / STATUS_NAME
+
+
+def _shared_tmp_folder() -> FilePath:
+    """The last-resort folder, in the /tmp every user shares."""
+    return FilePath(tempfile.gettempdir()) / f"canbridge-{os.getuid()}"
 
 
 def _default_read_path() -> FilePath:
@@ -77,7 +82,7 @@ def write_status(path: FilePath | str, doc: Mapping[str, Any]) -> None:
     a half-written file.
     """
     path = FilePath(path)
-    if path.parent.parent == FilePath(tempfile.gettempdir()):
+    if path.parent == _shared_tmp_folder():
         _private_folder(path.parent)
     path.parent.mkdir(parents=True, exist_ok=True)
     # default=str: one odd value in a component's status must not cost the whole file.

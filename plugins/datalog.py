@@ -21,7 +21,6 @@ import io
 import json
 import os
 import queue
-import re
 import threading
 from collections.abc import Iterable, Mapping
 from datetime import date, datetime, timedelta
@@ -42,34 +41,15 @@ from canbridge import (
     Update,
     hookimpl,
 )
+from canbridge.dayfiles import TIME_COLUMN, day_file, day_of
 
 DEFAULT_SIGNALS = ["soc", "soc_reported", "voltage", "current", "temperature",
                    "charge_voltage_limit", "charge_current_limit", "discharge_current_limit",
                    "discharge_voltage_limit", "balancing_active"]
-TIME_COLUMN = "time"
 STOP_TIMEOUT_SECS = 10.0
 """How long stop() waits for the writer to put the last rows on disk."""
 MAX_WAITING = 100_000
 """Rows kept in memory while the disk refuses them (about 70 days at one a minute)."""
-
-
-def day_file(path: FilePath, day: date, part: int = 0) -> FilePath:
-    """battery.csv -> battery-2025-04-24.csv; a second part of that day: battery-2025-04-24.1.csv"""
-    suffix = f".{part}{path.suffix}" if part else path.suffix
-    return path.with_name(f"{path.stem}-{day.isoformat()}{suffix}")
-
-
-def day_of(path: FilePath, candidate: str) -> date | None:
-    """The date of one of `path`'s day files by its name, or None for any other file."""
-    pattern = (re.escape(path.stem) + r"-(\d{4}-\d{2}-\d{2})(?:\.\d+)?"
-               + re.escape(path.suffix) + "$")
-    match = re.match(pattern, candidate)
-    if match is None:
-        return None
-    try:
-        return date.fromisoformat(match.group(1))
-    except ValueError:
-        return None
 
 
 class _Writer:

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Everything the test suite needs, on a fresh Debian machine: Debian's mosquitto (the MQTT
-# tests start their own broker on 127.0.0.1) and shellcheck, a virtual environment with the
-# package and its test extras; then ruff and pytest. Extra arguments go to pytest.
+# tests start their own broker on 127.0.0.1), shellcheck, openssl (test certificates) and
+# chromium (the web page is tested in a real headless browser), a virtual environment with
+# the package and its test extras; then ruff and pytest. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
 command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
     sudo=()

@@ -11,10 +11,11 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from canbridge_plugins.datalog import DEFAULT_SIGNALS, DataLog, day_file, day_of
+from canbridge_plugins.datalog import DEFAULT_SIGNALS, DataLog
 from conftest import run_canbridge, write_capture
 
 from canbridge import Clock, Update
+from canbridge.dayfiles import day_file, day_of
 from canbridge.testing import build, run_timers
 
 CEST = timezone(timedelta(hours=2))

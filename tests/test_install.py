@@ -632,3 +632,13 @@ def test_a_third_can_link_for_a_usb_adapter(tmp_path: Path) -> None:
     assert "skipped under --root: systemctl enable canbridge-can@can2.service" in output
     bad = install(root, "--can-link", "usb0", expect=1)
     assert "--can-link usb0: expected NAME:BITRATE, like can2:500000" in bad
+
+
+def test_web_lan_opens_the_example_web_page_to_the_lan(tmp_path: Path) -> None:
+    root = fake_root(tmp_path)
+    install(root)
+    assert 'listen = "127.0.0.1:8080"' in (root / PIPELINE).read_text()
+    output = install(root, "--web-lan")
+    assert "the web page of /etc/canbridge/pipeline.toml listens on the LAN (port 8080)" in output
+    assert 'listen = "0.0.0.0:8080"' in (root / PIPELINE).read_text()
+    assert "the web page is open to the LAN already" in install(root, "--web-lan")

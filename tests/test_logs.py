@@ -13,7 +13,7 @@ from typing import TextIO
 
 import pytest
 
-from canbridge.logs import setup_logging
+from canbridge.logs import RECENT, setup_logging
 
 STAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}"
 
@@ -49,7 +49,8 @@ def written(file: TextIO) -> list[str]:
 
 
 def ours(root: logging.Logger) -> list[logging.Handler]:
-    return [h for h in root.handlers if getattr(h, "_canbridge", False)]
+    """The output handlers setup_logging installed (the web page's event ring aside)."""
+    return [h for h in root.handlers if getattr(h, "_canbridge", False) and h is not RECENT]
 
 
 def test_terminal_lines_have_timestamps(stderr: TextIO) -> None:
@@ -128,3 +129,16 @@ def test_a_file_that_cannot_be_opened_leaves_stderr(stderr: TextIO, root_logger:
                         r"\(.+\): logging to stderr only", lines[0]), lines[0]
     assert lines[1].endswith(" WARNING canbridge: still here")
     assert len(ours(root_logger)) == 1
+
+
+def test_the_last_fifty_events_are_kept_for_the_web_page(stderr: TextIO) -> None:
+    from canbridge.logs import recent_events
+
+    setup_logging({}, None)
+    log = logging.getLogger("canbridge.inverter")
+    for n in range(60):
+        log.warning("event %d", n)
+    events = recent_events()
+    assert len(events) == 50
+    assert (events[-1]["source"], events[-1]["level"], events[-1]["message"]) == (
+        "inverter", "warning", "event 59")

@@ -613,7 +613,8 @@ def test_status_before_anything_arrived(make_rig):
     rig.run_until(T0 + 8.0)
     assert rig.sink.status() == {
         "state": "waiting", "profile": "generic", "safety": "waiting for battery data",
-        "implausible": 0, "alarm_report_age": None, "alarms_supported": True, "frames_in": 0,
+        "implausible": 0, "alarm_report_age": None, "alarms_supported": True, "sent": None,
+        "frames_in": 0,
         "frames_out": 0, "bursts": 0, "errors": 0, "last_seen_age": None,
         "stale_secs": 3.0, "inverter_alive": False, "inverter_last_seen_age": None}
 

@@ -220,7 +220,7 @@ def test_the_inverter_keepalive_through_the_engine_in_both_id_forms(tmp_path):
 def test_the_production_example_validates():
     result = canbridge("validate", "examples/pipeline.toml")
     assert (result.returncode, result.stdout.strip()) == (
-        0, "examples/pipeline.toml: ok (2 buses, 6 components, 1 forwards)")
+        0, "examples/pipeline.toml: ok (2 buses, 7 components, 1 forwards)")
 
 
 def test_the_demo_runs_without_can_hardware(tmp_path):

@@ -59,6 +59,7 @@ def production_with_shaping(folder: Path, capture: Path) -> Path:
     config["transforms"]["balancing"]["state_file"] = str(folder / "balancing.toml")
     del config["sinks"]["mqtt"]
     config["sinks"]["datalog"]["path"] = str(folder / "log" / "battery.csv")
+    config["sinks"]["web"]["listen"] = "127.0.0.1:0"
     config["sinks"]["inverter"]["inputs"] = ["ramp"]
     config["sinks"]["datalog"]["inputs"] = ["ramp"]
     config["status"] = {"file": str(folder / "status.json")}

@@ -320,15 +320,21 @@ def test_the_shared_tmp_status_folder_is_private_and_a_foreign_one_refused(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import tempfile
 
-    from canbridge.status import write_status
+    from canbridge.status import default_status_path, write_status
 
-    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path))
-    ours = tmp_path / f"canbridge-{os.getuid()}"
-    write_status(ours / "status.json", {"state": "running"})
-    assert ours.stat().st_mode & 0o777 == 0o700
-    planted = tmp_path / "canbridge-planted"
-    planted.mkdir(mode=0o777)
-    planted.chmod(0o777)  # as another user would leave it: writable by all
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path / "ours"))
+    (tmp_path / "ours").mkdir()
+    path = default_status_path()
+    write_status(path, {"state": "running"})
+    assert path.parent.stat().st_mode & 0o777 == 0o700
+    # Another user got there first and left the folder open to all: refused.
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path / "shared"))
+    planted = tmp_path / "shared" / f"canbridge-{os.getuid()}"
+    planted.mkdir(parents=True)
+    planted.chmod(0o777)
     with pytest.raises(OSError, match="is not a private folder of user id"):
-        write_status(planted / "status.json", {"state": "running"})
+        write_status(default_status_path(), {"state": "running"})
     assert not (planted / "status.json").exists()
+    # A folder named in the pipeline is the owner's choice: written as it is.
+    write_status(tmp_path / "shared" / "mine" / "status.json", {"state": "running"})
