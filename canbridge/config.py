@@ -18,6 +18,7 @@ import can
 
 from canbridge import schema
 from canbridge.component import Component
+from canbridge.locations import location_problem, outside_service, service_writable_paths
 from canbridge.registry import Registry
 from canbridge.schema import (
     BusRef,
@@ -51,7 +52,8 @@ BUS_OPTIONS = (
            'interface channel ("can0"); for "virtual", any shared name'),
     Option("bitrate", Integer(min=1000, max=1_000_000), None,
            "bit rate in bit/s where the interface sets it"),
-    Option("record", Path(), None, "write every frame in and out to this file, candump -L format"),
+    Option("record", Path(), None, "write every frame in and out to this file, candump -L format",
+           written=True),
     Option("options", Table(), {}, "extra keyword arguments for the python-can interface"),
     Option("path", Path(), None, "replay: the capture to play (.log, .asc, .blf, .csv)"),
     Option("speed", Either((Number(min=0.0, min_exclusive=True), Choice(("max",)))), 1.0,
@@ -284,6 +286,7 @@ def _check(raw: dict[str, Any], file: FsPath, registry: Registry,
         values, errors = apply_schema(options, given)
         out.add_option_errors([table], errors)
         _resolve_paths(options, values, folder)
+        _check_written(options, values, [table], out)
         tables[table] = values
 
     buses = _check_buses(_tables(raw, "buses", out), folder, out)
@@ -297,6 +300,27 @@ def _check(raw: dict[str, Any], file: FsPath, registry: Registry,
         out.add(["sources"], "the pipeline has no components: add at least one source and sink",
                 warning=True)
     return PipelineConfig(file, tables["pipeline"]["name"], buses, components, forwards, tables)
+
+
+def _check_written(options: Sequence[Option], values: Mapping[str, Any], path: Sequence[str],
+                   out: _Collector) -> None:
+    """Every file canbridge would write: a warning when it cannot be written, or when the
+    installed service may not write there. Never an error: the bridge runs without it."""
+    service = service_writable_paths()
+    for option in options:
+        value = values.get(option.name)
+        if not option.written or not isinstance(value, str) or not value:
+            continue
+        target = FsPath(value)
+        problem = location_problem(target)
+        if problem is not None:
+            out.add([*path, option.name], f"{problem}: this feature will not work, the "
+                    "bridge runs without it", warning=True)
+        elif service is not None and outside_service(target, service):
+            shown = " ".join(str(p) for p in service)
+            out.add([*path, option.name], f"{target} is outside the service's "
+                    f"ReadWritePaths ({shown}): canbridge.service cannot write it",
+                    warning=True)
 
 
 def _check_buses(given: dict[str, dict[str, Any]], folder: FsPath,
@@ -321,6 +345,7 @@ def _check_buses(given: dict[str, dict[str, Any]], folder: FsPath,
                 if key in table:
                     out.add(["buses", name, key], 'only a bus with interface = "replay" takes this')
         _resolve_paths(BUS_OPTIONS, values, folder)
+        _check_written(BUS_OPTIONS, values, ["buses", name], out)
         if interface == REPLAY and values.get("path") and not os.path.isfile(values["path"]):
             out.add(["buses", name, "path"], f"no such capture file: {values['path']}")
         buses[name] = values
@@ -366,6 +391,7 @@ def _check_components(sections: dict[str, dict[str, dict[str, Any]]], registry: 
             out.add_option_errors(path, errors)
             _resolve_paths(options, values, folder)
             if not errors:
+                _check_written(options, values, path, out)
                 try:
                     for problem in cls.check(values):
                         if isinstance(problem, OptionError):

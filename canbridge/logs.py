@@ -16,7 +16,7 @@ from canbridge.schema import Choice, Integer, Option, Path
 LEVELS = ("debug", "info", "warning", "error")
 
 LOG_OPTIONS: tuple[Option, ...] = (
-    Option("file", Path(), default=None,
+    Option("file", Path(), default=None, written=True,
            help="also write the log to this file, rotated at midnight (unset: stderr only)"),
     Option("level", Choice(LEVELS), default="info",
            help="least important messages logged; `canbridge run --log-level` overrides it"),

@@ -249,6 +249,9 @@ class Option:
     help: str = ""
     secret: bool = False
     """Never shown by `canbridge config` (a password)."""
+    written: bool = False
+    """A file canbridge writes: `validate` checks the location (a warning, never an error:
+    the bridge runs without it)."""
 
     @property
     def required(self) -> bool:

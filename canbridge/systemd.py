@@ -21,7 +21,7 @@ from canbridge.schema import Number, Option
 log = logging.getLogger("canbridge.systemd")
 
 WATCHDOG_OPTIONS: tuple[Option, ...] = (
-    Option("max_stale_secs", Number(min=0, min_exclusive=True), default=600.0,
+    Option("max_stale_secs", Number(min=0, min_exclusive=True, max=86400.0), default=600.0,
            help="battery data stale longer than this stops the systemd watchdog pings, so "
                 "systemd restarts canbridge (only under systemd with WatchdogSec set)"),
 )

@@ -298,3 +298,42 @@ def test_current_shares_over_one_for_one_battery_are_a_warning(
     assert err == ["P:32: sinks.b.current_share: warning: the inverters fed by 'frames' take "
                    "1.2 of its current limits together (a 0.7, b 0.5): more than the battery "
                    "allows"]
+
+
+def test_unwritable_files_are_warnings_never_a_reason_not_to_bridge(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A read-only /var/log or /var/lib (an SD card the kernel remounted read-only) used to
+    make `validate` (and so the service's ExecStartPre) fail: no frames for the inverter."""
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the folder should be")
+    text = (GOOD.replace('channel = "cfg-inverter"',
+                         f'channel = "cfg-inverter"\nrecord = "{blocked}/in.log"')
+            + f'\n[sinks.log]\ntype = "datalog"\ninputs = ["tag"]\npath = "{blocked}/b.csv"\n'
+            + f'\n[status]\nfile = "{blocked}/status.json"\n')
+    code, err, _ = validate(tmp_path, text, capsys)
+    assert code == 0
+    assert err == [
+        f"P:8: buses.inverter.record: warning: {blocked} is not a directory: this feature "
+        "will not work, the bridge runs without it",
+        f"P:26: sinks.log.path: warning: {blocked} is not a directory: this feature will not "
+        "work, the bridge runs without it",
+        f"P:29: status.file: warning: {blocked} is not a directory: this feature will not "
+        "work, the bridge runs without it",
+    ]
+
+
+def test_paths_outside_the_service_read_write_paths_are_reported(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from canbridge import locations
+
+    unit = tmp_path / "canbridge.service"
+    unit.write_text("[Service]\nProtectSystem=strict\n"
+                    "ReadWritePaths=/var/lib/canbridge /var/log/canbridge\n")
+    monkeypatch.setattr(locations, "SERVICE_UNIT", unit)
+    text = GOOD + f'\n[sinks.log]\ntype = "datalog"\ninputs = ["tag"]\npath = "{tmp_path}/b.csv"\n'
+    code, err, _ = validate(tmp_path, text, capsys)
+    assert code == 0
+    assert err == [f"P:25: sinks.log.path: warning: {tmp_path}/b.csv is outside the service's "
+                   "ReadWritePaths (/var/lib/canbridge /var/log/canbridge /run/canbridge): "
+                   "canbridge.service cannot write it"]

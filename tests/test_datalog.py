@@ -293,8 +293,8 @@ def test_a_fast_replay_day_of_rows_is_written_whole(tmp_path: Path) -> None:
     ({"signals": ["soc", "soc"]}, "signals: a signal is listed twice"),
     ({"signals": ["time"]}, 'signals: "time" is the timestamp column, not a signal'),
     ({"format": "xlsx"}, "format: 'xlsx' is not one of \"csv\", \"jsonl\""),
-    ({"every_secs": 0.5}, "every_secs: 0.5 is out of range (>= 1)"),
-    ({"keep_days": 0}, "keep_days: 0 is out of range (>= 1)"),
+    ({"every_secs": 0.5}, "every_secs: 0.5 is out of range (>= 1, <= 86400)"),
+    ({"keep_days": 0}, "keep_days: 0 is out of range (>= 1, <= 3650)"),
 ])
 def test_bad_options(tmp_path: Path, options: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError) as error:
@@ -302,14 +302,10 @@ def test_bad_options(tmp_path: Path, options: dict[str, object], message: str) -
     assert str(error.value) == message
 
 
-def test_check_refuses_a_folder_or_a_path_through_a_file(tmp_path: Path) -> None:
+def test_check_refuses_a_folder_as_the_file(tmp_path: Path) -> None:
     with pytest.raises(ValueError) as error:
         build(DataLog, {"inputs": ["x"], "path": str(tmp_path)})
     assert str(error.value) == f"path: {tmp_path} is a folder: name a file in it (battery.csv, say)"
-    (tmp_path / "file").write_text("")
-    with pytest.raises(ValueError) as error:
-        build(DataLog, {"inputs": ["x"], "path": str(tmp_path / "file" / "deeper" / "b.csv")})
-    assert str(error.value) == f"path: {tmp_path / 'file'} is not a folder"
     # A folder that does not exist yet is fine when it can be created; nothing is created.
     build(DataLog, {"inputs": ["x"], "path": str(tmp_path / "new" / "b.csv")},
           start=False).stop()

@@ -37,6 +37,7 @@ from canbridge import (
     is_condition,
 )
 from canbridge.controls import BUTTON, Command, Control
+from canbridge.locations import location_problem
 from canbridge.writer import write_soon
 
 from .state import (
@@ -44,7 +45,6 @@ from .state import (
     SavedState,
     dumps,
     iso,
-    location_problem,
     read_state,
     remove_leftover_temps,
     set_aside,
@@ -71,24 +71,21 @@ class CellBalancing(Transform):
     summary = ("holds the SOC reported to the inverter at hold_soc for a periodic long "
                "absorb that balances the cells")
     options = (
-        Option("every_days", Number(min=0, min_exclusive=True), 7.0,
+        Option("every_days", Number(min=0, min_exclusive=True, max=365), 7.0,
                "days from the end of one completed balancing hold until the next is due"),
         Option("hold_soc", Number(min=1, max=100), 99.0,
                "SOC (%) reported at most during a hold; a hold starts when the SOC rises above it"),
-        Option("hold_minutes", Number(min=0, min_exclusive=True), 60.0,
+        Option("hold_minutes", Number(min=0, min_exclusive=True, max=1440), 60.0,
                "how long the reported SOC is held"),
         Option("state_file", Path(non_empty=True), "/var/lib/canbridge/balancing.toml",
-               "where the last balance and a hold in progress are kept across restarts"),
-        Option("stale_after_secs", Number(min=0, min_exclusive=True), 5.0,
+               "where the last balance and a hold in progress are kept across restarts",
+               written=True),
+        Option("stale_after_secs", Number(min=0, min_exclusive=True, max=3600), 5.0,
                "a hold ends early when no soc arrives for this long"),
     )
 
     @classmethod
     def check(cls, config: Mapping[str, Any]) -> Iterable[tuple[str, str]]:
-        path = pathlib.Path(config["state_file"]).expanduser()
-        # the config loader makes paths absolute; a relative one is resolved in __init__
-        if path.is_absolute() and (problem := location_problem(path)) is not None:
-            yield "state_file", problem
         if config["hold_minutes"] * 60.0 >= config["every_days"] * DAY_SECS:
             yield "hold_minutes", (f"a hold of {config['hold_minutes']:g} min is not shorter "
                                    f"than every_days ({config['every_days']:g} days)")
@@ -112,6 +109,7 @@ class CellBalancing(Transform):
         self._previous_soc: float | None = None
         self._alarms: set[str] = set()
         self._due_now = False  # balance_now pressed: due whatever the last balance says
+        self.cannot_record: str | None = None
         context.controls.offer(BALANCE_NOW, self._balance_now, None)
 
     @property
@@ -123,6 +121,10 @@ class CellBalancing(Transform):
     def start(self) -> None:
         now = self.clock.now()
         self._soc_at = now
+        self.cannot_record = location_problem(self.path)
+        if self.cannot_record:
+            self.log.warning("balancing will not start a hold it cannot record (%s); the "
+                             "bridge goes on without balancing", self.cannot_record)
         for temp in remove_leftover_temps(self.path):
             self.log.info("removed %s, left by an interrupted state file write", temp)
         self._saved = self._load()
@@ -190,7 +192,8 @@ class CellBalancing(Transform):
         previous = self._previous_soc
         self._previous_soc = soc
         rose = soc > self.hold_soc and (previous is None or previous <= self.hold_soc)
-        if rose and not self.holding and not self._alarms and self._due(now):
+        if (rose and not self.holding and not self._alarms and not self.cannot_record
+                and self._due(now)):
             self._start_hold(now, f"SOC {soc:g} % rose above {self.hold_soc:g} %")
 
     def _start_hold(self, now: float, why: str) -> None:
@@ -263,6 +266,10 @@ class CellBalancing(Transform):
             return
         self._due_now = True
         soc = self._soc
+        if self.cannot_record:
+            self.log.warning("balance now refused: the state file cannot be written (%s)",
+                             self.cannot_record)
+            return
         if isinstance(soc, int | float) and soc > self.hold_soc and not self._alarms:
             now = self.clock.now()
             self._start_hold(now, f"balance now pressed at SOC {soc:g} %")
@@ -340,7 +347,8 @@ class CellBalancing(Transform):
 
     def status(self) -> dict[str, Any]:
         now = self.clock.now()
-        state = "holding" if self.holding else "due" if self._due(now) else "idle"
+        state = ("holding" if self.holding else "degraded" if self.cannot_record
+                 else "due" if self._due(now) else "idle")
         last = self._saved.last_end
         age = now - self._soc_at
         return {

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 import tomllib
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -112,25 +111,3 @@ def remove_leftover_temps(path: Path) -> list[Path]:
                 temp.unlink()
                 removed.append(temp)
     return removed
-
-
-def location_problem(path: Path) -> str | None:
-    """Why the state file cannot be written at `path`, or None when it can."""
-    try:
-        if path.is_dir():
-            return f"{path} is a directory, not a file"
-        existing = path.parent
-        while not existing.exists():
-            existing = existing.parent
-    except OSError as exc:  # a folder on the way that we may not even look into
-        return f"cannot look into {exc.filename or path.parent} ({exc.strerror or exc})"
-    if not existing.is_dir():
-        return f"{existing} is not a directory"
-    # try it for real: permissions, read-only mounts and ACLs all show up here, even for root
-    try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as exc:
-        what = "directory" if existing == path.parent else "nearest existing directory"
-        return f"{what} {existing} is not writable ({exc.strerror or exc})"
-    return None

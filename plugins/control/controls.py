@@ -41,12 +41,12 @@ class Controls(Shaper):
         Option("discharging", Flag(), True, "discharging allowed"),
         Option("hysteresis", Number(min=0.0, max=50.0), 2.0,
                "SOC (%) above min_soc before discharging resumes"),
-        Option("default_expiry_minutes", Number(min=0.0), 0.0,
+        Option("default_expiry_minutes", Number(min=0.0, max=525600.0), 0.0,
                "a value set at run time returns to the configured one after this long "
                "(0: never), unless the command says for_minutes"),
         Option("persist", Flag(), False, "values set at run time survive a restart"),
         Option("state_file", Path(non_empty=True), "/var/lib/canbridge/controls.toml",
-               "where persisted values are kept"),
+               "where persisted values are kept", written=True),
     )
 
     def __init__(self, name: str, config: Mapping[str, Any], context: Context):

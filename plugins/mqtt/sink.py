@@ -101,7 +101,7 @@ class MqttSink(Sink):
         Option("topic_prefix", Text(), "canbridge", "first level of every canbridge topic"),
         Option("node_id", Text(), None,
                "second topic level and Home Assistant device id (unset: the pipeline name)"),
-        Option("publish_every_secs", Number(min=0, min_exclusive=True), 5.0,
+        Option("publish_every_secs", Number(min=0, min_exclusive=True, max=3600.0), 5.0,
                "seconds between state messages"),
         Option("qos", Choice((0, 1, 2)), 1, "MQTT quality of service of every message"),
         Option("discovery", Flag(), True, "announce every signal to Home Assistant"),
