@@ -186,7 +186,8 @@ def _plugins(args: argparse.Namespace) -> int:
         if plugin.error:
             print(f"{plugin.name} ({plugin.module}) BROKEN: {plugin.error}")
             continue
-        print(f"{plugin.name} ({plugin.module} {plugin.version})")
+        print(f"{plugin.name} ({plugin.module} {plugin.version})"
+              f"{f' WARNING: {plugin.warning}' if plugin.warning else ''}")
         for type_name, cls in sorted(registry.types.items()):
             if registry.owner[type_name] != plugin.name:
                 continue

@@ -20,6 +20,7 @@ from canbridge import schema
 from canbridge.component import Component
 from canbridge.locations import location_problem, outside_service, service_writable_paths
 from canbridge.registry import Registry
+from canbridge.replay import capture_problem
 from canbridge.schema import (
     BusRef,
     Choice,
@@ -228,9 +229,11 @@ def load_pipeline(path: str | os.PathLike[str], registry: Registry) -> PipelineC
     file = FsPath(path)
     label = str(path)
     try:
-        text = file.read_text(encoding="utf-8")
+        text = _text_of(file.read_bytes())
     except OSError as exc:
         raise ConfigError([Problem(label, None, "file", f"cannot read: {exc.strerror}")]) from None
+    except ValueError as exc:
+        raise ConfigError([Problem(label, None, "file", str(exc))]) from None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -245,6 +248,19 @@ def load_pipeline(path: str | os.PathLike[str], registry: Registry) -> PipelineC
         raise ConfigError(problems)
     config.warnings = problems
     return config
+
+
+def _text_of(data: bytes) -> str:
+    """The file's text: UTF-8, with a byte-order mark (Windows Notepad writes one) accepted;
+    ValueError says what the file is instead."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ValueError("is UTF-16 text (Windows Notepad's \"Unicode\"?): save it as UTF-8")
+    try:
+        return data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise ValueError(f"is not UTF-8 text (byte 0x{data[exc.start]:02X} on line {line}): "
+                         "save it as UTF-8") from None
 
 
 def _tables(raw: Mapping[str, Any], key: str, out: _Collector) -> dict[str, dict[str, Any]]:
@@ -346,8 +362,11 @@ def _check_buses(given: dict[str, dict[str, Any]], folder: FsPath,
                     out.add(["buses", name, key], 'only a bus with interface = "replay" takes this')
         _resolve_paths(BUS_OPTIONS, values, folder)
         _check_written(BUS_OPTIONS, values, ["buses", name], out)
-        if interface == REPLAY and values.get("path") and not os.path.isfile(values["path"]):
-            out.add(["buses", name, "path"], f"no such capture file: {values['path']}")
+        if interface == REPLAY and values.get("path"):
+            if not os.path.isfile(values["path"]):
+                out.add(["buses", name, "path"], f"no such capture file: {values['path']}")
+            elif (problem := capture_problem(values["path"])) is not None:
+                out.add(["buses", name, "path"], problem)
         buses[name] = values
     if max_speed and other_speed:
         out.add(["buses", other_speed[0], "speed"],

@@ -15,25 +15,33 @@ def builtin_dbc(name: str) -> Path:
     return Path(str(resources.files("canbridge.dbc").joinpath(f"{name}.dbc")))
 
 
+class DbcError(ValueError):
+    """A DBC file that cannot be used; the message names the file (and the line)."""
+
+
 @functools.cache
 def load_dbc(path: Path | str) -> cantools.database.can.Database:
-    """The cantools database of one DBC file, parsed once per process."""
-    return cantools.database.load_file(str(path), database_format="dbc", strict=True)
-
-
-def dbc_problem(path: Path | str) -> str | None:
-    """Why the DBC file at `path` cannot be used, in one line naming the file (and the line
-    of a syntax error), or None when it loads."""
+    """The cantools database of one DBC file, parsed once per process; DbcError says, in one
+    line naming the file, why it cannot be used."""
     try:
-        load_dbc(path)
+        return cantools.database.load_file(str(path), database_format="dbc", strict=True)
     except OSError as exc:
-        return f"cannot read {path}: {exc.strerror or exc}"
+        raise DbcError(f"cannot read {path}: {exc.strerror or exc}") from None
     except Exception as exc:  # cantools raises several kinds for a bad file
         text = str(exc)
         found = re.search(r"line (\d+), column (\d+): (.*)", text, re.S)
         if found:
             line, column, rest = found.groups()
             near = rest.strip().strip('"').strip()
-            return f"{path}:{line}: not a valid DBC file (column {column}: {near})"
-        return f"{path}: not a valid DBC file ({text})"
+            raise DbcError(f"{path}:{line}: not a valid DBC file (column {column}: {near})"
+                           ) from None
+        raise DbcError(f"{path}: not a valid DBC file ({text})") from None
+
+
+def dbc_problem(path: Path | str) -> str | None:
+    """Why the DBC file at `path` cannot be used, in one line naming the file, or None."""
+    try:
+        load_dbc(path)
+    except DbcError as exc:
+        return str(exc)
     return None

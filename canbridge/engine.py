@@ -25,12 +25,17 @@ from canbridge.clock import Clock, Timer
 from canbridge.component import Component, Context, RateLimitedLog
 from canbridge.config import REPLAY, PipelineConfig, topological_order
 from canbridge.controls import ControlBoard
-from canbridge.replay import END_OF_REPLAY, ReplayBus
+from canbridge.replay import END_OF_REPLAY, CaptureError, ReplayBus
 from canbridge.signals import Update
 
 log = logging.getLogger("canbridge")
 
 HOUSEKEEPING_SECS = 0.5
+EXIT_FAILED_START = 1
+EXIT_BAD_FILE = 2
+FAILURE_SHOWN_SECS = 60.0
+"""A component that failed this recently shows "error" in the status (`canbridge status`
+exits 1), with the failure."""
 QUEUE_LIMIT = 10_000
 """Frames waiting for the engine at most; beyond it a newly received frame is dropped and
 counted (a flood must not grow memory without bound, nor delay the timers behind it)."""
@@ -97,6 +102,7 @@ class Engine:
         # Per source bus: the (ID, is 29-bit) pairs to copy, the target bus, the rate limit.
         self._forwards: dict[str, list[Forward]] = {}
         self.frames_dropped = 0
+        self._failures: dict[str, tuple[float, str]] = {}
         self._drop_told = 0.0
         self._errors_log = RateLimitedLog(log, self.clock)
         self._started_wall = time.time()
@@ -155,6 +161,8 @@ class Engine:
     def _component_failed(self, component: Component, where: str, exc: BaseException) -> None:
         component.errors += 1
         self.errors += 1
+        self._failures[component.name] = (time.monotonic(),
+                                          f"{where}: {type(exc).__name__}: {exc}")
         self._errors_log.error((component.name, where, type(exc)),
                                "component %s failed in %s: %s: %s", component.name, where,
                                type(exc).__name__, exc)
@@ -190,7 +198,12 @@ class Engine:
             try:
                 component.start()
             except Exception as exc:
-                self._component_failed(self.components[name], "start", exc)
+                # Nothing half-started keeps running: the run ends, naming what failed
+                # (under systemd the service is restarted).
+                log.error("component %s failed to start: %s: %s; stopping", name,
+                          type(exc).__name__, exc)
+                self._shutdown()
+                return EXIT_FAILED_START
         self._summary(replays)
         if self.notifier is not None:
             self.notifier.ready()
@@ -199,9 +212,15 @@ class Engine:
                 self._run_virtual(first, merged)
             else:
                 self._run_live(sum(1 for b in replays if not b.loop))
+        except CaptureError as exc:
+            log.error("%s", exc)
+            return EXIT_BAD_FILE
         finally:
             self._shutdown()
-        return 0
+        failed = [bus.error for bus in replays if bus.error]
+        for error in failed:
+            log.error("%s", error)
+        return EXIT_BAD_FILE if failed else 0
 
     def _summary(self, replays: list[ReplayBus]) -> None:
         buses = ", ".join(f"{name} ({b.config['interface']}"
@@ -388,6 +407,9 @@ class Engine:
             except Exception as exc:
                 status = {"state": "error", "errors": component.errors,
                           "last_error": f"status() failed: {exc!r}"}
+            failure = self._failures.get(name)
+            if failure is not None and time.monotonic() - failure[0] < FAILURE_SHOWN_SECS:
+                status = {**status, "state": "error", "last_error": failure[1]}
             out[name] = {"kind": component.kind, "type": type(component).type_name, **status}
         return out
 

@@ -27,6 +27,7 @@ class PluginInfo:
     module: str
     version: str
     error: str | None = None
+    warning: str | None = None
 
 
 @dataclass
@@ -80,7 +81,12 @@ def load_registry(extra_modules: tuple[ModuleType, ...] = ()) -> Registry:
             registry.types[cls.type_name] = cls
             registry.owner[cls.type_name] = name
         registry.dbc_files.extend(dbcs)
-        registry.plugins.append(PluginInfo(name, module_name, version))
+        warning = None
+        if not types and not dbcs:
+            warning = ("registers nothing: is @canbridge.hookimpl missing, or a hook name "
+                       "misspelt? (canbridge_component_types, canbridge_dbc_files)")
+            log.warning("plugin %r (%s) %s", name, module_name, warning)
+        registry.plugins.append(PluginInfo(name, module_name, version, warning=warning))
     return registry
 
 

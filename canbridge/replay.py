@@ -32,6 +32,37 @@ END_OF_REPLAY = None
 _CAN_ERR_FLAG = 0x20000000
 
 
+class CaptureError(ValueError):
+    """A capture that cannot be read; the message names the file."""
+
+
+def _checked(path: str) -> Iterator[can.Message]:
+    """read_capture, with any failure turned into one line naming the file."""
+    frames = 0
+    try:
+        for msg in read_capture(path):
+            frames += 1
+            yield msg
+    except OSError as exc:
+        raise CaptureError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except Exception as exc:  # python-can's readers raise anything on a bad file
+        where = f"after frame {frames}" if frames else "at its start"
+        raise CaptureError(f"{path}: not a readable capture {where} ({exc})") from None
+    if frames == 0:
+        raise CaptureError(f"{path}: the capture holds no frames")
+
+
+def capture_problem(path: str, frames: int = 20) -> str | None:
+    """Why the capture at `path` cannot be replayed (its first frames read), or None."""
+    try:
+        for count, _ in enumerate(_checked(path), start=1):
+            if count >= frames:
+                break
+    except CaptureError as exc:
+        return str(exc)
+    return None
+
+
 def read_capture(path: str) -> Iterator[can.Message]:
     """Every frame of a capture file, streamed, as python-can's `LogReader` gives them.
 
@@ -75,6 +106,8 @@ class ReplayBus(BusHandle):
         self.speed = config.get("speed", 1.0)
         self.loop: bool = bool(config.get("loop"))
         self.finished = False
+        self.error: str | None = None
+        """Why the capture could not be read to its end (CaptureError), if it could not."""
 
     @property
     def full_speed(self) -> bool:
@@ -86,11 +119,12 @@ class ReplayBus(BusHandle):
 
     def timeline(self) -> Iterator[can.Message]:
         """Every frame of the capture in order; when looping, pass after pass with timestamps
-        moved on so time only increases. Streamed: a day-long capture is never all in memory."""
+        moved on so time only increases. Streamed: a day-long capture is never all in memory.
+        CaptureError says, naming the file, why the capture cannot be read."""
         offset = 0.0
         while True:
             first = last = None
-            for msg in read_capture(self.path):
+            for msg in _checked(self.path):
                 if first is None:
                     first = msg.timestamp
                 last = msg.timestamp
@@ -112,6 +146,14 @@ class ReplayBus(BusHandle):
         self._thread.start()
 
     def _pace(self, deliver: Callable[[BusHandle, can.Message | None], None]) -> None:
+        try:
+            self._play(deliver)
+        except CaptureError as exc:
+            self.error = str(exc)
+            self.finished = True
+            deliver(self, END_OF_REPLAY)
+
+    def _play(self, deliver: Callable[[BusHandle, can.Message | None], None]) -> None:
         started = time.monotonic()
         first: float | None = None
         speed = float(self.speed)

@@ -132,6 +132,16 @@ class Wedge(Sink):
             threading.Event().wait()
 
 
+class BrokenStart(Sink):
+    """A sink whose start() raises (a plugin bug, a file it needs missing)."""
+
+    type_name = "test-broken-start"
+    summary = "test: fail to start"
+
+    def start(self) -> None:
+        raise FileNotFoundError("acme.cfg is missing")
+
+
 @hookimpl
 def canbridge_component_types() -> list[type]:
-    return [FrameSource, Ticker, Tag, SendSink, Collect, Wedge]
+    return [FrameSource, Ticker, Tag, SendSink, Collect, Wedge, BrokenStart]

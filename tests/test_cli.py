@@ -173,3 +173,97 @@ def test_dbc_lists_and_shows_the_shipped_databases() -> None:
     missing = run_canbridge("dbc", "show", "pylontek")
     assert missing.returncode == 2
     assert 'no DBC named \'pylontek\' (did you mean "pylontech"?)' in missing.stderr
+
+
+# -- every bad input: one line naming the file, and the exit code ------------------------------
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ('[buses.b]\ninterface = "virtual"\n'.encode("utf-16"),
+     "file: is UTF-16 text (Windows Notepad's \"Unicode\"?): save it as UTF-8"),
+    (b'[buses.b]\ninterface = "virtual"\nchannel = "caf\xe9"\n',
+     "file: is not UTF-8 text (byte 0xE9 on line 3): save it as UTF-8"),
+])
+def test_a_pipeline_that_is_not_utf8_is_one_line(tmp_path: Path, content: bytes,
+                                                 message: str) -> None:
+    path = tmp_path / "p.toml"
+    path.write_bytes(content)
+    result = run_canbridge("validate", str(path))
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[0] == f"{path}: {message}"
+    assert "Traceback" not in result.stderr
+
+
+def test_a_utf8_byte_order_mark_is_accepted(tmp_path: Path, channel: str) -> None:
+    path = tmp_path / "p.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + pipeline(tmp_path, channel).read_bytes())
+    assert run_canbridge("validate", str(path)).returncode == 0
+
+
+@pytest.mark.parametrize(("name", "content", "message"), [
+    ("empty.log", "", "the capture holds no frames"),
+    ("garbage.log", "this is not a capture\n\x00\x01\x02\n", "not a readable capture at its "
+                                                           "start"),
+    ("capture.xyz", "(1.0) can0 351#00\n", "not a readable capture at its start"),
+])
+def test_a_bad_capture_is_named_by_validate(tmp_path: Path, name: str, content: str,
+                                            message: str) -> None:
+    capture = tmp_path / name
+    capture.write_text(content)
+    path = tmp_path / "p.toml"
+    path.write_text(f'[buses.b]\ninterface = "replay"\npath = "{capture}"\n')
+    result = run_canbridge("validate", str(path))
+    assert result.returncode == 2
+    assert f"buses.b.path: {capture}: {message}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_capture_that_breaks_mid_run_stops_it_with_exit_2_naming_the_file(
+        tmp_path: Path) -> None:
+    capture = tmp_path / "cut.log"
+    good = "".join(f"({T0 + i}) can0 351#2F02040B040BB001\n" for i in range(30))
+    capture.write_text(good + "(garbage) can0 XYZ#ZZ\n")
+    path = tmp_path / "p.toml"
+    path.write_text(f'[buses.b]\ninterface = "replay"\npath = "{capture}"\nspeed = "max"\n'
+                    '[sources.lynk]\ntype = "discover-lynk2"\nbus = "b"\n'
+                    '[sinks.c]\ntype = "console"\ninputs = ["lynk"]\n')
+    result = run_canbridge("run", str(path))
+    assert result.returncode == 2
+    assert f"{capture}: not a readable capture after frame 30" in result.stderr
+    assert "internal error" not in result.stderr
+
+
+def test_a_component_that_fails_to_start_stops_the_run_naming_it(tmp_path: Path,
+                                                                 channel: str) -> None:
+    path = tmp_path / "p.toml"
+    path.write_text(f'[buses.b]\ninterface = "virtual"\nchannel = "{channel}"\n'
+                    '[sources.frames]\ntype = "test-frames"\nbus = "b"\n'
+                    '[sinks.broken]\ntype = "test-broken-start"\ninputs = ["frames"]\n'
+                    f'[status]\nfile = "{tmp_path / "s.json"}"\n')
+    result = run_canbridge("run", str(path), "--duration", "5")
+    assert result.returncode == 1
+    assert ("component broken failed to start: FileNotFoundError: acme.cfg is missing; "
+            "stopping") in result.stderr
+
+
+def test_a_broken_dbc_is_listed_as_broken_and_the_rest_still_are(tmp_path: Path) -> None:
+    (tmp_path / "broken_dbc_plugin.py").write_text(
+        "from pathlib import Path\nfrom canbridge import hookimpl\n"
+        "@hookimpl\ndef canbridge_dbc_files():\n"
+        f"    return [Path({str(tmp_path / 'broken.dbc')!r})]\n")
+    (tmp_path / "broken.dbc").write_text('VERSION ""\nBU_: X\nBO_ 1 M: 8 X\n SG_ b 8|8@1+\n')
+    result = run_canbridge("dbc", CANBRIDGE_PLUGINS="support_plugins,broken_dbc_plugin",
+                           PYTHONPATH=f"{tmp_path}:{REPO / 'tests'}")
+    assert result.returncode == 1
+    assert f"broken: BROKEN: {tmp_path / 'broken.dbc'}:4: not a valid DBC file" in result.stdout
+    assert "pylontech: 7 frames" in result.stdout  # the built-ins still listed
+
+
+def test_a_plugin_that_registers_nothing_is_a_warning(tmp_path: Path) -> None:
+    (tmp_path / "empty_plugin.py").write_text(
+        "def canbridge_component_types():  # no @hookimpl\n    return []\n")
+    result = run_canbridge("plugins", CANBRIDGE_PLUGINS="support_plugins,empty_plugin",
+                           PYTHONPATH=f"{tmp_path}:{REPO / 'tests'}")
+    assert result.returncode == 0
+    assert ("empty_plugin (empty_plugin test) WARNING: registers nothing: is "
+            "@canbridge.hookimpl missing, or a hook name misspelt?") in result.stdout

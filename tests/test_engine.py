@@ -219,8 +219,11 @@ inputs = ["frames"]
     failures = [r.getMessage() for r in caplog.records if "failed in on_frame" in r.getMessage()]
     # Repetitive errors are rate limited: one line, not one per frame.
     assert failures == ["component frames failed in on_frame: ValueError: frame 0x666 is cursed"]
-    assert engine.health()["frames"] == {"kind": "source", "type": "test-frames", "state": "ok",
-                                         "errors": 3}
+    # Failing lately: the status says so (and `canbridge status` exits 1) with the cause.
+    assert engine.health()["frames"] == {"kind": "source", "type": "test-frames",
+                                         "state": "error", "errors": 3,
+                                         "last_error": "on_frame: ValueError: frame 0x666 is "
+                                                       "cursed"}
 
 
 def test_dry_run_transmits_nothing(tmp_path: Path, channel: str) -> None:
