@@ -128,6 +128,12 @@ class Component:
         return ()
 
     @classmethod
+    def frame_ids(cls, config: Mapping[str, Any]) -> tuple[frozenset[int], frozenset[int]]:
+        """The CAN IDs this component reads and sends on its `bus` (what it knows of them):
+        `validate` refuses a sink that would send frames a source on the same bus reads."""
+        return frozenset(), frozenset()
+
+    @classmethod
     def check_bus(cls, config: Mapping[str, Any], option: str, bus: Mapping[str, Any]
                   ) -> Iterable[tuple[str, str] | OptionError]:
         """Checks of this component against the bus its option `option` names (the bus's

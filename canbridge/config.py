@@ -312,6 +312,7 @@ def _check(raw: dict[str, Any], file: FsPath, registry: Registry,
     forwards = _check_forwards(_tables(raw, "forwards", out), buses, out)
     _check_graph(components, raw_tables, declared, buses, out)
     _check_forwarded_ids(forwards, components, out)
+    _check_unused_buses(buses, components, forwards, out)
     if not components:
         out.add(["sources"], "the pipeline has no components: add at least one source and sink",
                 warning=True)
@@ -504,6 +505,7 @@ def _check_graph(specs: list[ComponentSpec], raw_tables: Mapping[str, dict[str, 
                 out.add([*path, "inputs"], "a component cannot take its own output")
     _check_cycles(specs, by_name, out)
     _check_current_shares(specs, by_name, out)
+    _check_bus_use(specs, buses, out)
     # Judged on what the file says, so a component with a bad option does not also make
     # its inputs look unused.
     consumed = {name for table in raw_tables.values()
@@ -513,6 +515,48 @@ def _check_graph(specs: list[ComponentSpec], raw_tables: Mapping[str, dict[str, 
         if section != "sinks" and name not in consumed:
             out.add([section, name], "nothing takes this component's updates "
                     "(no sink or transform lists it in inputs)", warning=True)
+
+
+def _check_bus_use(specs: list[ComponentSpec], buses: Mapping[str, Any],
+                   out: _Collector) -> None:
+    """Wiring mistakes: a sink sending where a source reads, two tables for one CAN
+    channel."""
+    reads = [(spec, spec.cls.frame_ids(spec.values)[0]) for spec in specs
+             if spec.section == "sources" and isinstance(spec.values.get("bus"), str)]
+    for spec in specs:
+        bus = spec.values.get("bus")
+        if spec.section != "sinks" or not isinstance(bus, str):
+            continue
+        sent = spec.cls.frame_ids(spec.values)[1]
+        for source, read in reads:
+            both = sorted(sent & read)
+            if source.values["bus"] == bus and both:
+                out.add([spec.section, spec.name, "bus"],
+                        f"the {spec.cls.type_name} sink would send "
+                        f"{', '.join(f'0x{i:03X}' for i in both)} on bus \"{bus}\", where the "
+                        f"{source.cls.type_name} source \"{source.name}\" reads them: give "
+                        "it the inverter's bus")
+    owners: dict[tuple[str, str], str] = {}
+    for name, values in buses.items():
+        if values.get("interface") == REPLAY or values.get("channel") is None:
+            continue
+        key = (str(values.get("interface")), str(values["channel"]))
+        if key in owners:
+            out.add(["buses", name, "channel"],
+                    f"bus \"{owners[key]}\" is {key[0]} {key[1]} already: two tables for one "
+                    "channel would hear each other's frames (swap or fix the channel)")
+        owners.setdefault(key, name)
+
+
+def _check_unused_buses(buses: Mapping[str, Any], specs: list[ComponentSpec],
+                        forwards: Mapping[str, Mapping[str, Any]], out: _Collector) -> None:
+    used = {value for spec in specs for option in spec.cls.schema()
+            if isinstance(option.kind, BusRef) and isinstance(value := spec.values.get(
+                option.name), str)}
+    used |= {values.get(key) for values in forwards.values() for key in ("from_bus", "to_bus")}
+    for name in buses:
+        if name not in used:
+            out.add(["buses", name], "no component or forward uses this bus", warning=True)
 
 
 def _check_current_shares(specs: list[ComponentSpec], by_name: dict[str, ComponentSpec],

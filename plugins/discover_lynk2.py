@@ -20,7 +20,7 @@ Decisions where the protocol leaves room:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from canbridge import (
     Context,
     FrameSource,
     Option,
+    OptionError,
     Value,
     as_is,
     hookimpl,
@@ -38,6 +39,7 @@ from canbridge import (
 from canbridge.databases import builtin_dbc, load_dbc
 
 DBC_NAME = "discover_lynk2"
+BITRATE = 250_000
 ACTIVE, NORMAL = 1, 2
 REPORTED = frozenset((ACTIVE, NORMAL))
 TEXT_BYTES = 8
@@ -63,6 +65,19 @@ class DiscoverLynk2(FrameSource):
     options = (
         Option("bus", BusRef(non_empty=True), help="the [buses] table the LYNK II is on"),
     )
+
+    @classmethod
+    def frame_ids(cls, config: Mapping[str, Any]) -> tuple[frozenset[int], frozenset[int]]:
+        return frozenset(m.frame_id for m in load_dbc(builtin_dbc(DBC_NAME)).messages), frozenset()
+
+    @classmethod
+    def check_bus(cls, config: Mapping[str, Any], option: str, bus: Mapping[str, Any]
+                  ) -> Iterable[OptionError]:
+        bitrate = bus.get("bitrate")
+        if bitrate is not None and bitrate != BITRATE:
+            yield OptionError("bus", f"bus {config['bus']!r} runs at {bitrate} bit/s; the "
+                              f"LYNK II's Discover Serial CAN profile talks at {BITRATE}",
+                              warning=True)
 
     def __init__(self, name: str, config: Mapping[str, Any], context: Context):
         super().__init__(name, config, context)

@@ -19,6 +19,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from canbridge import Context, Integer, Number, Option, Text, Transform, Update, Value, hookimpl
+from canbridge.schema import did_you_mean
+from canbridge.signals import VOCABULARY
 
 
 class GlitchFilter(Transform):
@@ -38,6 +40,10 @@ class GlitchFilter(Transform):
 
     @classmethod
     def check(cls, config: Mapping[str, Any]) -> Iterable[tuple[str, str]]:
+        signal = config["signal"]
+        if signal not in VOCABULARY:
+            yield "signal", (f"{signal!r} is not a signal of the vocabulary"
+                             f"{did_you_mean(signal, VOCABULARY)}")
         below, above = config.get("below"), config.get("above")
         if below is None and above is None:
             yield "below", "give `below`, `above` or both: the filter needs a threshold"

@@ -47,6 +47,7 @@ from canbridge.safety import (
 )
 
 KEEPALIVE_ID = 0x305
+BITRATE = 500_000
 BURST_IDS = (0x351, 0x355, 0x356, 0x359, 0x35C, 0x35E)
 DECIVOLT_DBC = "pylontech_decivolt"
 """0x356 with the pack voltage in 0.1 V (Sol-Ark LV v1.3): a second DBC, not a code branch."""
@@ -116,6 +117,18 @@ class PylontechSink(Sink):
             yield "manufacturer", "must be printable ASCII"
         if config["stale_after_secs"] < config["period_secs"]:
             yield "stale_after_secs", "must be at least period_secs"
+
+    @classmethod
+    def frame_ids(cls, config: Mapping[str, Any]) -> tuple[frozenset[int], frozenset[int]]:
+        return frozenset({KEEPALIVE_ID}), frozenset(BURST_IDS)
+
+    @classmethod
+    def check_bus(cls, config: Mapping[str, Any], option: str, bus: Mapping[str, Any]
+                  ) -> Iterable[OptionError]:
+        bitrate = bus.get("bitrate")
+        if bitrate is not None and bitrate != BITRATE:
+            yield OptionError("bus", f"bus {config['bus']!r} runs at {bitrate} bit/s; "
+                              f"Pylontech inverters talk at {BITRATE}", warning=True)
 
     def __init__(self, name: str, config: Mapping[str, Any], context: Context):
         super().__init__(name, config, context)

@@ -110,6 +110,7 @@ def test_every_problem_is_found_at_once(tmp_path: Path,
     code, err, _ = validate(tmp_path, text, capsys)
     assert code == 2
     assert err == [
+        "P:1: buses.battery: warning: no component or forward uses this bus",
         "P:8: buses.inverter.bitrate: expected an integer, got a string",
         'P:12: sources.frames.bus: no bus named "nowhere" (declare [buses.nowhere])',
         'P:20: sinks.out.inputs: names nothing: no source or transform called "ghost"',
@@ -337,3 +338,64 @@ def test_paths_outside_the_service_read_write_paths_are_reported(
     assert err == [f"P:25: sinks.log.path: warning: {tmp_path}/b.csv is outside the service's "
                    "ReadWritePaths (/var/lib/canbridge /var/log/canbridge /run/canbridge): "
                    "canbridge.service cannot write it"]
+
+
+LYNK_PIPELINE = """\
+[buses.battery]
+interface = "virtual"
+channel = "w-battery"
+bitrate = 250000
+
+[buses.inverter]
+interface = "virtual"
+channel = "w-inverter"
+bitrate = 500000
+
+[sources.lynk]
+type = "discover-lynk2"
+bus = "battery"
+
+[transforms.glitch]
+type = "glitch-filter"
+inputs = ["lynk"]
+signal = "voltage"
+below = 48.0
+
+[sinks.pylon]
+type = "pylontech"
+inputs = ["glitch"]
+bus = "inverter"
+"""
+
+
+@pytest.mark.parametrize(("change", "expected", "code"), [
+    (('bus = "inverter"', 'bus = "battery"'),
+     'P:24: sinks.pylon.bus: the pylontech sink would send 0x351, 0x355, 0x356, 0x35E on bus '
+     '"battery", where the discover-lynk2 source "lynk" reads them: give it the inverter\'s '
+     'bus', 2),
+    (('channel = "w-inverter"', 'channel = "w-battery"'),
+     'P:8: buses.inverter.channel: bus "battery" is virtual w-battery already: two tables '
+     "for one channel would hear each other's frames (swap or fix the channel)", 2),
+    (("bitrate = 500000", "bitrate = 250000"),
+     "P:24: sinks.pylon.bus: warning: bus 'inverter' runs at 250000 bit/s; Pylontech "
+     "inverters talk at 500000", 0),
+    (("bitrate = 250000", "bitrate = 500000"),
+     "P:13: sources.lynk.bus: warning: bus 'battery' runs at 500000 bit/s; the LYNK II's "
+     "Discover Serial CAN profile talks at 250000", 0),
+    (('signal = "voltage"', 'signal = "volatge"'),
+     "P:18: transforms.glitch.signal: 'volatge' is not a signal of the vocabulary (did you "
+     'mean "voltage"?)', 2),
+])
+def test_wiring_mistakes_are_caught(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                    change: tuple[str, str], expected: str, code: int) -> None:
+    got, err, _ = validate(tmp_path, LYNK_PIPELINE.replace(*change), capsys)
+    assert got == code
+    assert expected in err
+
+
+def test_a_bus_nobody_uses_is_a_warning(tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    text = LYNK_PIPELINE + '\n[buses.spare]\ninterface = "virtual"\nchannel = "w-spare"\n'
+    code, err, _ = validate(tmp_path, text, capsys)
+    assert code == 0
+    assert err == ["P:26: buses.spare: warning: no component or forward uses this bus"]
