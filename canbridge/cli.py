@@ -54,6 +54,14 @@ def _parser() -> argparse.ArgumentParser:
                             "filled in, as TOML")
     config.add_argument("pipeline", metavar="PIPELINE")
 
+    doctor = sub.add_parser("doctor", help="commission a Pi: check the CAN links, listen on "
+                            "every bus, the broker, folders and service; a line and a next step "
+                            "per check")
+    doctor.add_argument("pipeline", nargs="?", default="/etc/canbridge/pipeline.toml",
+                        metavar="PIPELINE")
+    doctor.add_argument("--listen", type=float, default=3.0, metavar="SECS",
+                        help="how long to listen on the buses (default 3)")
+
     sub.add_parser("plugins", help="list plugins and the component types they provide")
 
     dbc = sub.add_parser("dbc", help="list the DBC files, or show one's frames and signals")
@@ -77,6 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command != "run":
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     commands = {"run": _run, "validate": _validate, "config": _config, "plugins": _plugins,
+                "doctor": _doctor,
                 "dbc": _dbc}
     try:
         return commands[args.command](args)
@@ -174,6 +183,17 @@ def _run(args: argparse.Namespace) -> int:
                                                 exc_info=logging.getLogger().isEnabledFor(
                                                     logging.DEBUG))
         return EXIT_FAILURE
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from canbridge.doctor import doctor
+    from canbridge.logs import setup_logging
+
+    setup_logging({"level": "error"}, None)  # the checklist speaks; the engine keeps quiet
+    config = _load(args.pipeline)
+    if config is None:
+        return EXIT_CONFIG
+    return doctor(config, sys.stdout, listen_secs=args.listen)
 
 
 def _plugins(args: argparse.Namespace) -> int:

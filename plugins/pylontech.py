@@ -243,6 +243,13 @@ class PylontechSink(Sink):
             self.context.limited.warning(
                 "clamped", "values out of the Pylontech range were clamped: %s",
                 ", ".join(sorted(set(clamped))))
+        if self.context.dry_run:
+            self.log.info("dry run, the inverter would get: CVL %g V, CCL %g A, DCL %g A, "
+                          "DVL %g V, SOC %s %%, charge %s, discharge %s",
+                          values["charge_voltage_limit"], values["charge_current_limit"],
+                          values["discharge_current_limit"], values["discharge_voltage_limit"],
+                          values["soc"], "on" if values["charge_enable"] else "off",
+                          "on" if values["discharge_enable"] else "off")
         if self.log.isEnabledFor(logging.DEBUG):
             self.log.debug("burst: %s", " ".join(
                 f"{m.arbitration_id:03X}#{m.data.hex().upper()}" for m in frames))

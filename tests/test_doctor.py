@@ -1,0 +1,209 @@
+"""`canbridge doctor` on fixtures: recorded `ip` outputs for each CAN state, python-can
+virtual buses playing LYNK II or inverter traffic, a real mosquitto. No hardware."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import can
+import pytest
+from broker import mosquitto_fixture
+
+from canbridge.config import load_pipeline
+from canbridge.doctor import FAIL, OK, WARN, check_link, check_mqtt, doctor, parse_link
+from canbridge.registry import load_registry
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE = REPO / "examples" / "captures" / "lynk2-sample.log"
+broker = mosquitto_fixture()
+secure_broker = mosquitto_fixture(users={"canbridge": "s3cret"})
+
+IP_UP = """\
+3: can0: <NOARP,UP,LOWER_UP,ECHO> mtu 16 qdisc pfifo_fast state UP mode DEFAULT group default qlen 10
+    link/can  promiscuity 0 allmulti 0 minmtu 0 maxmtu 0
+    can state ERROR-ACTIVE (berr-counter tx 0 rx 0) restart-ms 100
+          bitrate 250000 sample-point 0.875
+          tq 25 prop-seg 34 phase-seg1 35 phase-seg2 10 sjw 1 brp 1
+          clock 40000000
+    RX:  bytes packets errors dropped  missed   mcast
+        123456    15432      0       0       0       0
+"""
+IP_DOWN = """\
+3: can0: <NOARP,ECHO> mtu 16 qdisc pfifo_fast state DOWN mode DEFAULT group default qlen 10
+    link/can  promiscuity 0 allmulti 0 minmtu 0 maxmtu 0
+    can state STOPPED restart-ms 0
+          bitrate 250000 sample-point 0.875
+"""
+IP_BUS_OFF = IP_UP.replace("ERROR-ACTIVE (berr-counter tx 0 rx 0) restart-ms 100",
+                           "BUS-OFF (berr-counter tx 248 rx 0) restart-ms 100")
+IP_PASSIVE = IP_UP.replace("ERROR-ACTIVE (berr-counter tx 0 rx 0)",
+                           "ERROR-PASSIVE (berr-counter tx 136 rx 0)")
+IP_NO_RESTART = IP_UP.replace("restart-ms 100", "restart-ms 0")
+IP_WRONG_RATE = IP_UP.replace("bitrate 250000", "bitrate 500000")
+MISSING = 'Device "can0" does not exist.\n'
+BUS = {"interface": "socketcan", "channel": "can0", "bitrate": 250000}
+
+
+def runner(output: str, code: int = 0):
+    return lambda command: (code, output)
+
+
+def test_parse_link_reads_every_field() -> None:
+    link = parse_link(IP_UP, 0)
+    assert (link.exists, link.up, link.state, link.tx_errors, link.rx_errors, link.restart_ms,
+            link.bitrate) == (True, True, "ERROR-ACTIVE", 0, 0, 100, 250000)
+    assert parse_link(MISSING, 1).exists is False
+
+
+@pytest.mark.parametrize(("output", "code", "mark", "what", "next_step"), [
+    (IP_UP, 0, OK, "bus battery (can0): up, 250000 bit/s, ERROR-ACTIVE, errors tx 0 rx 0, "
+     "restart-ms 100", ""),
+    (MISSING, 1, FAIL, "bus battery (can0): no such interface", "is the CAN HAT's overlay"),
+    (IP_DOWN, 0, FAIL, "bus battery (can0): down", "sudo systemctl restart canbridge-can@can0"),
+    (IP_BUS_OFF, 0, FAIL, "BUS-OFF, errors tx 248", "bus-off: check CAN-H/CAN-L, the 120 ohm"),
+    (IP_PASSIVE, 0, FAIL, "ERROR-PASSIVE, errors tx 136", "frames are not acknowledged"),
+    (IP_NO_RESTART, 0, WARN, "restart-ms 0", "a bus-off will not recover by itself"),
+    (IP_WRONG_RATE, 0, FAIL, "up, 500000 bit/s", "set BITRATE=250000 in /etc/canbridge/can0.env"),
+])
+def test_each_can_state_gets_its_mark_and_next_step(output: str, code: int, mark: str,
+                                                    what: str, next_step: str) -> None:
+    check = check_link("battery", BUS, runner(output, code))
+    assert check.mark == mark
+    assert what in check.what
+    assert next_step in check.next_step
+
+
+def pipeline(folder: Path, battery: str, inverter: str) -> Path:
+    path = folder / "p.toml"
+    path.write_text(f"""
+[status]
+file = "{folder / 'status.json'}"
+[buses.battery]
+interface = "virtual"
+channel = "{battery}"
+[buses.inverter]
+interface = "virtual"
+channel = "{inverter}"
+[sources.lynk]
+type = "discover-lynk2"
+bus = "battery"
+[sinks.inverter]
+type = "pylontech"
+inputs = ["lynk"]
+bus = "inverter"
+""")
+    return path
+
+
+class Play:
+    """Plays the LYNK II sample on one channel and 0x305 on another, in a loop."""
+
+    def __init__(self, lynk_channel: str, keepalive_channel: str):
+        self.stop = threading.Event()
+        self.frames = list(can.LogReader(str(SAMPLE)))
+        self.thread = threading.Thread(target=self._run, args=(lynk_channel, keepalive_channel))
+        self.thread.start()
+
+    def _run(self, lynk_channel: str, keepalive_channel: str) -> None:
+        with can.Bus(interface="virtual", channel=lynk_channel) as lynk, \
+                can.Bus(interface="virtual", channel=keepalive_channel) as inverter:
+            while not self.stop.is_set():
+                for msg in self.frames:
+                    if msg.arbitration_id in (0x305, 0x300):
+                        continue
+                    lynk.send(can.Message(arbitration_id=msg.arbitration_id, data=msg.data,
+                                          is_extended_id=False))
+                inverter.send(can.Message(arbitration_id=0x305, data=bytes(8),
+                                          is_extended_id=False))
+                self.stop.wait(0.5)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+NO_SYSTEMCTL = runner("systemctl: not found", 127)
+
+
+def run_doctor(path: Path) -> tuple[int, str]:
+    out = io.StringIO()
+    code = doctor(load_pipeline(path, load_registry()), out, listen_secs=2.5,
+                  runner=NO_SYSTEMCTL)
+    return code, out.getvalue()
+
+
+def test_a_healthy_bridge_passes(tmp_path: Path) -> None:
+    battery, inverter = f"dr-bat-{uuid.uuid4()}", f"dr-inv-{uuid.uuid4()}"
+    play = Play(battery, inverter)
+    try:
+        code, text = run_doctor(pipeline(tmp_path, battery, inverter))
+    finally:
+        play.close()
+    assert code == 0, text
+    assert "  ok  bus battery hears the battery (0x351, 0x354, 0x355, 0x356" in text
+    assert "  ok  bus inverter hears the inverter's 0x305 keepalive" in text
+    assert ("  ok  inverter sink inverter would send: SOC 72 %, 53.5 V," in text)
+    assert "CVL 55.9 V, CCL 282 A, DCL 282 A, DVL 43.2 V, charge on, discharge on" in text
+    assert text.rstrip().endswith("every check passed")
+
+
+def test_swapped_ports_are_named(tmp_path: Path) -> None:
+    battery, inverter = f"dr-bat-{uuid.uuid4()}", f"dr-inv-{uuid.uuid4()}"
+    play = Play(inverter, battery)  # the cables the wrong way round
+    try:
+        code, text = run_doctor(pipeline(tmp_path, battery, inverter))
+    finally:
+        play.close()
+    assert code == 1
+    assert "FAIL  bus battery hears 0x305, and bus inverter hears the battery" in text
+    assert "-> the ports are swapped: swap the cables or the two buses' channels" in text
+    assert "FAIL  bus inverter hears the battery" in text
+
+
+def test_silent_buses_fail_with_what_to_look_at(tmp_path: Path) -> None:
+    code, text = run_doctor(pipeline(tmp_path, f"dr-{uuid.uuid4()}", f"dr-{uuid.uuid4()}"))
+    assert code == 1
+    assert "FAIL  bus battery hears nothing, not the battery" in text
+    assert "-> nothing at all: is the other side on, the cable in" in text
+    assert "FAIL  inverter sink inverter: nothing to send yet (waiting for battery data)" in text
+    assert text.rstrip().endswith("2 checks failed")
+
+
+def mqtt_pipeline(tmp_path: Path, host: str, port: int, extra: str = "") -> Path:
+    path = tmp_path / "m.toml"
+    path.write_text(f'[buses.b]\ninterface = "virtual"\nchannel = "{uuid.uuid4()}"\n'
+                    '[sources.lynk]\ntype = "discover-lynk2"\nbus = "b"\n'
+                    f'[sinks.mqtt]\ntype = "mqtt"\ninputs = ["lynk"]\nhost = "{host}"\n'
+                    f'port = {port}\n{extra}')
+    return path
+
+
+def test_the_broker_is_tried_for_real(broker, secure_broker, tmp_path: Path) -> None:
+    registry = load_registry()
+    [ok] = check_mqtt(load_pipeline(mqtt_pipeline(tmp_path, broker.host, broker.port),
+                                    registry))
+    assert (ok.mark, ok.what) == (OK, f"mqtt mqtt: broker {broker.host}:{broker.port} "
+                                      "accepts canbridge")
+    (tmp_path / "pw").write_text("wrong\n")
+    [refused] = check_mqtt(load_pipeline(mqtt_pipeline(
+        tmp_path, secure_broker.host, secure_broker.port,
+        'username = "canbridge"\npassword_file = "pw"\n'), registry))
+    assert refused.mark == FAIL and "refused" in refused.what
+    assert "check username and password_file" in refused.next_step
+    started = time.monotonic()
+    [gone] = check_mqtt(load_pipeline(mqtt_pipeline(tmp_path, "127.0.0.1", 1), registry))
+    assert gone.mark == FAIL and "unreachable" in gone.what
+    assert time.monotonic() - started < 6
+
+
+def test_doctor_on_the_command_line_exits_2_for_a_bad_file(tmp_path: Path) -> None:
+    from conftest import run_canbridge
+
+    (tmp_path / "bad.toml").write_text("[buses.x]\ninterface = 5\n")
+    result = run_canbridge("doctor", str(tmp_path / "bad.toml"))
+    assert result.returncode == 2
+    assert "buses.x.interface: expected a string, got an integer" in result.stderr
