@@ -23,7 +23,8 @@ broker = mosquitto_fixture()
 secure_broker = mosquitto_fixture(users={"canbridge": "s3cret"})
 
 IP_UP = """\
-3: can0: <NOARP,UP,LOWER_UP,ECHO> mtu 16 qdisc pfifo_fast state UP mode DEFAULT group default qlen 10
+3: can0: <NOARP,UP,LOWER_UP,ECHO> mtu 16 qdisc pfifo_fast state UP mode DEFAULT group default \
+qlen 10
     link/can  promiscuity 0 allmulti 0 minmtu 0 maxmtu 0
     can state ERROR-ACTIVE (berr-counter tx 0 rx 0) restart-ms 100
           bitrate 250000 sample-point 0.875
