@@ -32,3 +32,21 @@ def test_the_readme_inverter_table_lists_every_profile_and_its_sources() -> None
         for source in profile.sources.values():
             assert source in table
     assert "| yes |" not in table  # nothing is confirmed on real hardware yet
+
+
+def test_the_commissioning_commands_of_the_readme_exist() -> None:
+    """Every `canbridge COMMAND` the README tells an owner to type is a real command, and
+    the example pipeline marks the lines to change."""
+    import re
+
+    from canbridge.cli import _parser
+
+    text = (REPO / "README.md").read_text()
+    code = "\n".join(re.findall(r"^```sh\n(.*?)^```", text, re.M | re.S))
+    commands = set(re.findall(r"^(?:sudo )?canbridge (\w+)", code, re.M)) | set(
+        re.findall(r"`canbridge (\w+)", text))
+    choices = set(_parser()._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
+    assert {"doctor", "status", "run", "validate", "config"} <= commands
+    assert commands <= choices, commands - choices
+    example = (REPO / "examples" / "pipeline.toml").read_text()
+    assert example.count("# CHANGE") >= 3

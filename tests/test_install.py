@@ -19,6 +19,7 @@ import threading
 import tomllib
 from pathlib import Path
 
+import can
 import paho.mqtt.client as mqtt
 import pytest
 from broker import MOSQUITTO, Mosquitto
@@ -642,3 +643,28 @@ def test_web_lan_opens_the_example_web_page_to_the_lan(tmp_path: Path) -> None:
     assert "the web page of /etc/canbridge/pipeline.toml listens on the LAN (port 8080)" in output
     assert 'listen = "0.0.0.0:8080"' in (root / PIPELINE).read_text()
     assert "the web page is open to the LAN already" in install(root, "--web-lan")
+
+
+def test_the_package_names_its_device_and_the_dashboard_shows_only_lynk2_alarms() -> None:
+    """Without `name`, entities created before discovery are binary_sensor.none_...; the
+    dashboard lists no alarm the LYNK II never reports (0x35A fields "not supported")."""
+    from canbridge_plugins.discover_lynk2 import DiscoverLynk2
+
+    from canbridge.testing import build, capture
+
+    package = (HOMEASSISTANT / "canbridge-package.yaml").read_text()
+    assert package.count('identifiers: ["canbridge_battery"]') == package.count(
+        'name: "battery"') == 3
+    source = build(DiscoverLynk2, {"bus": "battery"})
+    out = capture(source)
+    source.on_frame(can.Message(arbitration_id=0x35A, data=bytes.fromhex("ABAAFEAFAAFAFF"),
+                                is_extended_id=False))
+    reported = {name for name in out[0].values if name.startswith("alarm_")}
+    dashboard = (HOMEASSISTANT / "dashboard.yaml").read_text()
+    shown = set(re.findall(r"binary_sensor\.battery_(alarm_\w+)", dashboard))
+    labels = {"alarm_high_temperature_charge": "alarm_high_temp_charge",
+              "alarm_low_temperature_charge": "alarm_low_temp_charge",
+              "alarm_high_temperature_discharge": "alarm_high_temp_discharge",
+              "alarm_low_temperature_discharge": "alarm_low_temp_discharge"}
+    assert {labels.get(name, name) for name in shown} <= reported
+    assert not {"alarm_general", "alarm_internal", "alarm_cell_imbalance"} & shown
