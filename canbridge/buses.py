@@ -31,8 +31,9 @@ DOWN_TEXTS = ("network is down", "no such device", "bad file descriptor")
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 30.0
 SEND_TIMEOUT = 0.01
-RECV_TIMEOUT = 0.2
-"""How long a reader waits for a frame before it looks at stop and reopen requests."""
+RECV_TIMEOUT = 1.0
+"""How long a reader waits for a frame before it looks at stop and reopen requests: an idle
+bus wakes its thread once a second (a stop still ends within 2 s)."""
 
 
 class BusHandle:

@@ -30,7 +30,9 @@ from canbridge.signals import Update
 
 log = logging.getLogger("canbridge")
 
-HOUSEKEEPING_SECS = 0.5
+HOUSEKEEPING_SECS = 1.0
+"""At most this long between looks at the watchdog, records and status file: an idle Pi
+wakes once a second, not more."""
 EXIT_FAILED_START = 1
 EXIT_BAD_FILE = 2
 FAILURE_SHOWN_SECS = 60.0
@@ -449,14 +451,24 @@ class Engine:
             self._next_status = now + self.status_every
             self._write_status("running")
 
-    def _write_status(self, state: str) -> None:
+    def _write_status(self, state: str, *, now: bool = False) -> None:
+        """The status document, built here, written by the writer thread (or at once, at
+        stop): a slow disk never holds up the engine."""
         from canbridge.status import write_status
 
-        try:
-            write_status(self.status_path, self.status_document(state))
-        except OSError as exc:
+        doc, path = self.status_document(state), self.status_path
+
+        def failed(exc: OSError) -> None:
             self._errors_log.error("status-file", "cannot write the status file %s: %s",
-                                   self.status_path, exc)
+                                   path, exc)
+
+        if not now:
+            writer.submit(("status", path), lambda: write_status(path, doc), failed)
+            return
+        try:
+            write_status(path, doc)
+        except OSError as exc:
+            failed(exc)
 
     def _shutdown(self) -> None:
         if self.notifier is not None:
@@ -468,7 +480,7 @@ class Engine:
                 self._component_failed(self.components[name], "stop", exc)
         if not writer.flush(timeout=5.0):
             log.error("state files still being written at stop (a stalled disk?)")
-        self._write_status("stopped")
+        self._write_status("stopped", now=True)
         for bus in self.buses.values():
             bus.stop_reader()  # all at once, so closing takes one reader timeout, not one each
         for bus in self.buses.values():

@@ -36,7 +36,7 @@ STATUS_OPTIONS: tuple[Option, ...] = (
     Option("file", Path(), default=None, written=True,
            help="where the status file is written (unset: /run/canbridge/status.json, "
                 "else $XDG_RUNTIME_DIR/canbridge, else /tmp/canbridge-UID)"),
-    Option("every_secs", Number(min=0.1, max=3600.0), default=2.0,
+    Option("every_secs", Number(min=0.1, max=3600.0), default=10.0,
            help="how often the status file is rewritten, in seconds"),
 )
 _DEFAULT_EVERY_SECS: float = {o.name: o.default for o in STATUS_OPTIONS}["every_secs"]

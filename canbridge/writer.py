@@ -1,4 +1,5 @@
 """Files written off the engine thread: the latest text for a path, atomically, in order.
+The status file goes the same way (`submit`).
 
 A component asks `write_soon(path, text)`; one background thread writes it (temp file in the
 same folder, fsync, rename, fsync of the folder), so a slow or stalled SD card never delays
@@ -12,7 +13,7 @@ import logging
 import os
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from pathlib import Path
 
 log = logging.getLogger("canbridge.writer")
@@ -44,14 +45,21 @@ def write_atomic(path: Path, text: str, mode: int = 0o640) -> None:
 class BackgroundWriter:
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._pending: dict[Path, tuple[str, ErrorHandler | None]] = {}
+        self._pending: dict[Hashable, tuple[Callable[[], None], ErrorHandler | None]] = {}
         self._busy = False
         self._thread: threading.Thread | None = None
 
     def write_soon(self, path: Path, text: str, on_error: ErrorHandler | None = None) -> None:
+        """Write `text` to `path` atomically and durably, soon."""
+        self.submit(path, lambda: write_atomic(path, text), on_error)
+
+    def submit(self, key: Hashable, job: Callable[[], None],
+               on_error: ErrorHandler | None = None) -> None:
+        """Run `job` on the writer thread; a job of the same `key` not started yet is
+        replaced (the newest state wins), and jobs run in the order of their latest ask."""
         with self._cond:
-            self._pending.pop(path, None)  # re-queued at the end: order of the latest asks
-            self._pending[path] = (text, on_error)
+            self._pending.pop(key, None)  # re-queued at the end: order of the latest asks
+            self._pending[key] = (job, on_error)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._loop, name="canbridge-writer",
                                                 daemon=True)
@@ -67,16 +75,16 @@ class BackgroundWriter:
         while True:
             with self._cond:
                 self._cond.wait_for(lambda: bool(self._pending))
-                path = next(iter(self._pending))
-                text, on_error = self._pending.pop(path)
+                key = next(iter(self._pending))
+                job, on_error = self._pending.pop(key)
                 self._busy = True
             try:
-                write_atomic(path, text)
+                job()
             except OSError as exc:
                 if on_error is not None:
                     on_error(exc)
                 else:
-                    log.error("cannot write %s: %s", path, exc)
+                    log.error("cannot write %s: %s", key, exc)
             finally:
                 with self._cond:
                     self._busy = False
@@ -86,4 +94,5 @@ class BackgroundWriter:
 WRITER = BackgroundWriter()
 """The process's writer: one thread for every component's state files."""
 write_soon = WRITER.write_soon
+submit = WRITER.submit
 flush = WRITER.flush

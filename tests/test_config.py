@@ -171,7 +171,7 @@ def test_config_prints_every_default(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert effective["sinks"]["out"] == {"type": "test-send", "inputs": ["tag"],
                                          "bus": "inverter", "label": ""}
     assert effective["buses"]["battery"] == {"interface": "virtual", "channel": "cfg-battery"}
-    assert effective["status"]["every_secs"] == 2.0
+    assert effective["status"]["every_secs"] == 10.0
     assert effective["log"]["level"] == "info"
 
 

@@ -4,6 +4,7 @@ capture -> discover-lynk2 -> pylontech (virtual inverter bus, recorded) and mqtt
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import signal
@@ -14,6 +15,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import can
 import pytest
 from broker import Mosquitto, Subscriber, mosquitto_fixture
 
@@ -196,3 +198,55 @@ def test_a_command_from_home_assistant_reaches_the_inverter_within_one_period(
     assert before and all(data[4:8] == "040B" for data in before)  # 282 A until then
     assert changed[0] - sent_at <= PERIOD + 0.5
     assert all(data[4:8] == "F401" for at, data in bursts if at >= changed[0])
+
+
+def test_a_full_speed_replay_sends_every_alarm_change_and_the_last_state(broker, tmp_path):
+    """At speed "max" most periodic states would be replaced before they are sent: they
+    are not even built. Every alarm change and the final state still go out, in order."""
+    import struct
+
+    capture_path = tmp_path / "alarms.log"
+    writer = can.io.CanutilsLogWriter(str(capture_path), channel="can0")
+    t0 = 1_700_000_000.0
+    steady, high = bytes.fromhex("ABAAFEAFAAFAFF"), bytes.fromhex("A7AAFEAFAAFAFF")
+    alarm_seconds = set(range(100, 110)) | set(range(300, 320)) | set(range(500, 505))
+    for second in range(600):
+        for k, (frame_id, data) in enumerate((
+                (0x351, struct.pack("<HHHH", 559, 2820, 2820, 432)),
+                (0x355, struct.pack("<HH4x", 72, 100)),
+                (0x356, struct.pack("<Hhh2x", 535, second % 50, 280)),
+                (0x35A, high if second in alarm_seconds else steady))):
+            writer.on_message_received(can.Message(timestamp=t0 + second + k * 0.001,
+                                                   arbitration_id=frame_id, data=data,
+                                                   is_extended_id=False))
+    writer.stop()
+    path = tmp_path / "p.toml"
+    path.write_text(f"""
+[status]
+file = "{tmp_path / 'status.json'}"
+[buses.battery]
+interface = "replay"
+path = "{capture_path}"
+speed = "max"
+[sources.lynk]
+type = "discover-lynk2"
+bus = "battery"
+[sinks.mqtt]
+type = "mqtt"
+inputs = ["lynk"]
+host = "{broker.host}"
+port = {broker.port}
+publish_every_secs = 1
+""")
+    with Subscriber(broker) as sub:
+        done = subprocess.run([str(CANBRIDGE), "run", str(path)], capture_output=True,
+                              text=True, timeout=60, check=False)
+        assert done.returncode == 0, done.stderr
+        last = sub.wait(STATE, lambda m: m.json().get("current") == 4.9, timeout=10)
+        states = [m.json() for m in sub.received(STATE)]
+    flags = [s.get("alarm_high_voltage") for s in states if "alarm_high_voltage" in s]
+    changes = [flag for flag, before in zip(flags[1:], flags, strict=False) if flag != before]
+    assert changes == [True, False, True, False, True, False]  # every change, in order
+    assert states[-1] == last.json() and last.json()["alarm_high_voltage"] is False
+    status = json.loads((tmp_path / "status.json").read_text())["components"]["mqtt"]
+    assert status["states_skipped"] > 100  # 600 periods, far fewer states built

@@ -37,6 +37,11 @@ class Message:
     retain: bool
 
 
+FINAL_CONNECT_SECS = 1.0
+MAX_KEPT = 1000
+"""Alarm-change states kept apart from the latest-wins queue, at most (then they coalesce)."""
+
+
 @dataclass(frozen=True)
 class Settings:
     host: str
@@ -83,7 +88,8 @@ class Link:
         self.errors = 0
         self.last_error: str | None = None
         self._cond = threading.Condition()
-        self._pending: dict[str, Message] = {}
+        self._pending: dict[Any, Message] = {}  # by topic, or (topic, n) for a kept one
+        self._kept = 0
         self._sticky: dict[str, Message] = {}
         self._connected = False
         self._stopping = False
@@ -126,16 +132,27 @@ class Link:
         self._publisher.start()
 
     def publish(self, topic: str, payload: str, *, retain: bool = False,
-                sticky: bool = False) -> None:
-        """Queue `payload` for `topic`, replacing an unsent one; never waits on the network."""
+                sticky: bool = False, keep: bool = False) -> None:
+        """Queue `payload` for `topic`, replacing an unsent one (unless `keep`: an alarm
+        change is never replaced by the next state, up to MAX_KEPT waiting); never waits on
+        the network."""
         message = Message(topic, payload, retain)
         with self._cond:
-            if topic in self._pending:
-                self.dropped += 1
-            self._pending[topic] = message
+            key: Any = topic
+            if keep and self._kept < MAX_KEPT:
+                self._kept += 1
+                key = (topic, self._kept)
+            elif self._pending.pop(topic, None) is not None:
+                self.dropped += 1  # popped: the newer one goes to the end, after kept ones
+            self._pending[key] = message
             if sticky:
                 self._sticky[topic] = message
             self._cond.notify()
+
+    def waiting(self, topic: str) -> bool:
+        """A message for `topic` is queued and not sent yet."""
+        with self._cond:
+            return topic in self._pending
 
     def republish(self) -> None:
         """Queue every sticky message again (Home Assistant restarted, say)."""
@@ -144,8 +161,12 @@ class Link:
             self._cond.notify()
 
     def close(self) -> None:
-        """Flush, say `offline` (a clean disconnect sends no last will) and disconnect."""
+        """Flush, say `offline` (a clean disconnect sends no last will) and disconnect. A
+        connection still being made gets FINAL_CONNECT_SECS, so a short run (a replay at
+        full speed) still delivers its last state."""
         with self._cond:
+            if not self._connected and self.state == "connecting":
+                self._cond.wait_for(lambda: self._connected, FINAL_CONNECT_SECS)
             if self._stopping:
                 return
             self._stopping = True
@@ -195,6 +216,7 @@ class Link:
         """Everything pending, retained messages (availability, discovery) before data."""
         batch = sorted(self._pending.values(), key=lambda message: not message.retain)
         self._pending.clear()
+        self._kept = 0
         return batch
 
     def _send(self, message: Message) -> None:
@@ -229,7 +251,7 @@ class Link:
             self._connected = True
             self.state = "connected"
             self._pending.update(self._sticky)
-            self._cond.notify()
+            self._cond.notify_all()
         self._event("connected", logging.INFO, "connected to MQTT broker %s", address)
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:

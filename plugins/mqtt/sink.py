@@ -161,6 +161,7 @@ class MqttSink(Sink):
         self.state_topic = f"{base}/state"
         self.status_topic = f"{base}/status"
         self.commands_refused = 0
+        self.skipped = 0
         self.latest = LatestValues()
         self.announced: set[str] = set()
         self._kinds_by_names: dict[tuple[str, ...], tuple[tuple[str, ...], tuple[str, ...]]] = {}
@@ -225,7 +226,7 @@ class MqttSink(Sink):
         if self._setup_timer is not None:
             self._setup_timer.cancel()
         if self.link is not None:
-            self.publish_state()
+            self.publish_state(always=True)
             self.link.close()
 
     def _path(self, key: str) -> str | None:
@@ -263,7 +264,7 @@ class MqttSink(Sink):
             new = [name for name in values if name not in self.announced]
             self._announce(list(latest) if identity_changed else new)
         if alarm_changed:
-            self.publish_state()
+            self.publish_state(always=True)
 
     def _kinds(self, values: Mapping[str, Value]) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """The alarm and the identity names among `values`', worked out once per set of
@@ -293,9 +294,16 @@ class MqttSink(Sink):
             self.link.publish(topic, json.dumps(config), retain=True, sticky=True)
             self.announced.add(name)
 
-    def publish_state(self) -> None:
-        """Queue the state object (and the legacy one); the latest queued wins."""
+    def publish_state(self, *, always: bool = False) -> None:
+        """Queue the state object (and the legacy one); the latest queued wins.
+
+        In a full-speed replay most periodic states would be replaced before the broker
+        takes them: one still waiting is not built again. An alarm change and the last state
+        (`always`) are always queued."""
         if self.link is None:
+            return
+        if not always and self.clock.virtual and self.link.waiting(self.state_topic):
+            self.skipped += 1
             return
         values = self.latest.snapshot()
         state: dict[str, Any] = {}
@@ -304,7 +312,8 @@ class MqttSink(Sink):
             if clean is not None:
                 state[name] = clean
         state["health"] = self.context.health()
-        self.link.publish(self.state_topic, json.dumps(state, default=str), sticky=True)
+        self.link.publish(self.state_topic, json.dumps(state, default=str), sticky=True,
+                          keep=always)
         legacy_topic = self.config["legacy_topic"]
         if legacy_topic is not None and values:
             self.link.publish(legacy_topic, json.dumps(legacy_payload(values)), sticky=True)
@@ -363,6 +372,8 @@ class MqttSink(Sink):
                                "announced": len(self.announced)}
         if self.config["control"]:
             out["commands_refused"] = self.commands_refused
+        if self.clock.virtual:
+            out["states_skipped"] = self.skipped
         if self.link is None:
             out.update(state="error", published=0, dropped=0, errors=self.errors,
                        last_error=self.setup_error)
