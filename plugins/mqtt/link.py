@@ -37,7 +37,7 @@ class Message:
     retain: bool
 
 
-FINAL_CONNECT_SECS = 1.0
+FINAL_CONNECT_SECS = 0.5
 MAX_KEPT = 1000
 """Alarm-change states kept apart from the latest-wins queue, at most (then they coalesce)."""
 
