@@ -12,14 +12,17 @@ reopened with backoff by its reader thread, away from the engine.
 from __future__ import annotations
 
 import errno
+import importlib
+import inspect
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import can
 
 from canbridge.clock import Clock
+from canbridge.schema import did_you_mean
 
 log = logging.getLogger("canbridge.bus")
 
@@ -34,6 +37,39 @@ SEND_TIMEOUT = 0.01
 RECV_TIMEOUT = 1.0
 """How long a reader waits for a frame before it looks at stop and reopen requests: an idle
 bus wakes its thread once a second (a stop still ends within 2 s)."""
+
+BUS_LEVEL_KEYS = frozenset({"fd", "data_bitrate", "timing", "auto_reset", "config_context",
+                            "ignore_config", "context"})
+"""Keys python-can's `can.Bus` itself reads, whatever the interface."""
+OWN_KEYS = ("interface", "channel", "bitrate")
+
+
+def interface_keys(interface: str) -> frozenset[str] | None:
+    """The keyword arguments `interface` takes, or None when that is not known (its module
+    does not import here: a driver missing on this machine)."""
+    try:
+        module_name, class_name = can.interfaces.BACKENDS[interface]
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except Exception:  # any failure of a third-party driver's import means "not known"
+        return None
+    names = set(BUS_LEVEL_KEYS)
+    for init in (cls.__init__, can.BusABC.__init__):
+        names.update(name for name, p in inspect.signature(init).parameters.items()
+                     if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+    return frozenset(names - {"self"})
+
+
+def options_problems(interface: str, options: Mapping[str, Any]) -> list[tuple[str, str, bool]]:
+    """(key, problem, warning) for keys of a bus's `options` table: python-can passes an
+    unknown one on silently, so a misspelt option would just not take effect."""
+    problems = [(key, f"say it as the bus's own `{key}`, not inside `options`", False)
+                for key in OWN_KEYS if key in options]
+    known = interface_keys(interface)
+    if known is not None:
+        problems += [(key, f"the \"{interface}\" interface takes no option \"{key}\"; python-can "
+                      f"would ignore it{did_you_mean(key, known)}", True)
+                     for key in options if key not in known and key not in OWN_KEYS]
+    return problems
 
 
 class BusHandle:

@@ -17,6 +17,7 @@ from typing import Any
 import can
 
 from canbridge import schema
+from canbridge.buses import options_problems
 from canbridge.component import Component
 from canbridge.locations import location_problem, outside_service, service_writable_paths
 from canbridge.registry import Registry
@@ -361,6 +362,10 @@ def _check_buses(given: dict[str, dict[str, Any]], folder: FsPath,
             for key in REPLAY_ONLY:
                 if key in table:
                     out.add(["buses", name, key], 'only a bus with interface = "replay" takes this')
+            if isinstance(interface, str) and interface in known_interfaces and values.get(
+                    "options"):
+                for key, problem, warning in options_problems(interface, values["options"]):
+                    out.add(["buses", name, "options", key], problem, warning=warning)
         _resolve_paths(BUS_OPTIONS, values, folder)
         _check_written(BUS_OPTIONS, values, ["buses", name], out)
         if interface == REPLAY and values.get("path"):

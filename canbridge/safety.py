@@ -84,8 +84,16 @@ def _on_grid(steps: int, step: float) -> float:
 
 
 def finite(value: object) -> bool:
+    if type(value) is float:  # nearly every value: the quick answer first
+        return math.isfinite(value)
     return (isinstance(value, int | float) and not isinstance(value, bool)
             and math.isfinite(value))
+
+
+@functools.lru_cache(maxsize=256)
+def _numeric_in(names: tuple[str, ...]) -> tuple[str, ...]:
+    """The numeric signals among `names`, worked out once per kind of update."""
+    return tuple(name for name in names if name in NUMERIC_SET)
 
 
 INVERTER_OPTIONS = (
@@ -205,7 +213,7 @@ class StopModel:
     def accept(self, update: Update) -> None:
         """Take an update, less whatever is unusable (not a number, implausible)."""
         values = update.values
-        bad = [name for name in values.keys() & NUMERIC_SET if not finite(values[name])]
+        bad = [name for name in _numeric_in(tuple(values)) if not finite(values[name])]
         if bad:
             # Unusable, so not fresh: the signal ages into the safe state instead of making
             # the encoder fail and the inverter hear nothing at all.

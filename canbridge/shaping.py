@@ -17,7 +17,7 @@ from typing import Any
 
 from canbridge.component import Context, Transform
 from canbridge.schema import ListOf, Number, OptionError
-from canbridge.signals import Update, Value
+from canbridge.signals import ACTIVE_SUFFIX, Update, Value
 
 LOWERED: dict[str, tuple[str, str]] = {
     "charge_current_limit": ("CCL", "A"),
@@ -40,7 +40,7 @@ class Shaper(Transform):
 
     def __init__(self, name: str, config: Mapping[str, Any], context: Context):
         super().__init__(name, config, context)
-        self.active_signal = f"{name}_active"
+        self.active_signal = f"{name}{ACTIVE_SUFFIX}"
         self.active = False
         self.last_change: str | None = None
         self.changed = 0

@@ -8,7 +8,9 @@ same timestamp on the pipeline clock; it is never partial.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+
+from .schema import OptionError, did_you_mean
 
 Value = float | int | bool | str
 """A signal value: a number in its physical unit, a flag, or text."""
@@ -20,6 +22,7 @@ REPORT_NONE with each update of its limits. A report replaces the previous one a
 REPORT_RECEIVED = "received"
 REPORT_NONE = "none"
 CONDITION_PREFIXES = ("alarm_", "warning_")
+ACTIVE_SUFFIX = "_active"
 
 
 CONDITIONS = ("general", "high_voltage", "low_voltage", "high_temp_discharge",
@@ -38,6 +41,22 @@ VOCABULARY = frozenset({
 `<name>_active` of their own."""
 CONDITION_NAMES = frozenset(name for name in VOCABULARY if name.startswith(CONDITION_PREFIXES)
                             and name != ALARM_REPORT)
+
+
+def unknown_signal(name: str) -> str:
+    """Why `name` is not a signal of the vocabulary (with "did you mean"), or "" when it is
+    one, or a transform's `<name>_active`."""
+    if name in VOCABULARY or name.endswith(ACTIVE_SUFFIX):
+        return ""
+    return f'"{name}" is not a signal of the vocabulary{did_you_mean(name, VOCABULARY)}'
+
+
+def unknown_signal_warnings(key: str, names: Iterable[str]) -> list[OptionError]:
+    """A warning for each of `names` outside the vocabulary: a typo shows nothing, ever,
+    while a plugin's own source may emit any name."""
+    return [OptionError(key, f"{problem}: nothing will show under it unless a plugin of "
+                        "yours emits it", warning=True)
+            for problem in map(unknown_signal, names) if problem]
 
 
 def is_condition(name: str) -> bool:
@@ -98,9 +117,8 @@ class LatestValues:
             self._conditions = set(_conditions_in(tuple(values)))
         elif not CONDITION_NAMES.isdisjoint(values):  # rare: alarms outside a report
             self._conditions.update(_conditions_in(tuple(values)))
-        for name, value in values.items():
-            self._values[name] = value
-            self._times[name] = ts
+        self._values.update(values)
+        self._times.update(dict.fromkeys(values, ts))
 
     def active_conditions(self) -> frozenset[str]:
         """The alarm_* and warning_* conditions that are true now."""

@@ -6,9 +6,12 @@ On a terminal the table is redrawn in place; piped or logged, one line per refre
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable, Mapping
 from typing import Any, TextIO
 
 from canbridge import Flag, LatestValues, ListOf, Number, Option, Sink, Text, Update, hookimpl
+from canbridge.schema import OptionError
+from canbridge.signals import unknown_signal_warnings
 
 # What a person looks at first; everything else follows alphabetically.
 _FIRST = ("soc", "soc_reported", "voltage", "current", "temperature", "charge_voltage_limit",
@@ -28,6 +31,10 @@ class ConsoleSink(Sink):
                "signals to show (empty: every signal seen)"),
         Option("alarms", Flag(), True, "list active alarms and warnings"),
     )
+
+    @classmethod
+    def check(cls, config: Mapping[str, Any]) -> Iterable[OptionError]:
+        return unknown_signal_warnings("signals", config["signals"])
 
     def __init__(self, *args: Any, stream: TextIO | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)

@@ -42,6 +42,7 @@ from canbridge import (
     hookimpl,
 )
 from canbridge.dayfiles import TIME_COLUMN, day_file, day_of
+from canbridge.signals import unknown_signal_warnings
 
 DEFAULT_SIGNALS = ["soc", "soc_reported", "voltage", "current", "temperature",
                    "charge_voltage_limit", "charge_current_limit", "discharge_current_limit",
@@ -246,7 +247,8 @@ class DataLog(Sink):
             return [("signals", "a signal is listed twice")]
         if TIME_COLUMN in config["signals"]:
             return [("signals", f'"{TIME_COLUMN}" is the timestamp column, not a signal')]
-        return ()  # a place that cannot be written is a warning, by the core (written=True)
+        # A place that cannot be written is a warning, by the core (written=True).
+        return unknown_signal_warnings("signals", config["signals"])
 
     def __init__(self, name: str, config: Mapping[str, Any], context: Any):
         super().__init__(name, config, context)

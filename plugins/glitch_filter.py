@@ -19,8 +19,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from canbridge import Context, Integer, Number, Option, Text, Transform, Update, Value, hookimpl
-from canbridge.schema import did_you_mean
-from canbridge.signals import VOCABULARY
+from canbridge.signals import unknown_signal
 
 
 class GlitchFilter(Transform):
@@ -40,10 +39,9 @@ class GlitchFilter(Transform):
 
     @classmethod
     def check(cls, config: Mapping[str, Any]) -> Iterable[tuple[str, str]]:
-        signal = config["signal"]
-        if signal not in VOCABULARY:
-            yield "signal", (f"{signal!r} is not a signal of the vocabulary"
-                             f"{did_you_mean(signal, VOCABULARY)}")
+        unknown = unknown_signal(config["signal"])
+        if unknown:
+            yield "signal", unknown
         below, above = config.get("below"), config.get("above")
         if below is None and above is None:
             yield "below", "give `below`, `above` or both: the filter needs a threshold"

@@ -383,7 +383,7 @@ bus = "inverter"
      "P:13: sources.lynk.bus: warning: bus 'battery' runs at 500000 bit/s; the LYNK II's "
      "Discover Serial CAN profile talks at 250000", 0),
     (('signal = "voltage"', 'signal = "volatge"'),
-     "P:18: transforms.glitch.signal: 'volatge' is not a signal of the vocabulary (did you "
+     "P:18: transforms.glitch.signal: \"volatge\" is not a signal of the vocabulary (did you "
      'mean "voltage"?)', 2),
 ])
 def test_wiring_mistakes_are_caught(tmp_path: Path, capsys: pytest.CaptureFixture[str],
@@ -391,6 +391,38 @@ def test_wiring_mistakes_are_caught(tmp_path: Path, capsys: pytest.CaptureFixtur
     got, err, _ = validate(tmp_path, LYNK_PIPELINE.replace(*change), capsys)
     assert got == code
     assert expected in err
+
+
+def test_bus_options_python_can_would_ignore_are_named(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = LYNK_PIPELINE.replace(
+        'bitrate = 500000\n',
+        'bitrate = 500000\noptions = { recieve_own_messages = true, rx_queue_size = 8 }\n')
+    code, err, _ = validate(tmp_path, text, capsys)
+    assert code == 0
+    assert err == ['P:10: buses.inverter.options.recieve_own_messages: warning: the "virtual" '
+                   'interface takes no option "recieve_own_messages"; python-can would ignore '
+                   'it (did you mean "receive_own_messages"?)']
+    code, err, _ = validate(tmp_path, text.replace("rx_queue_size = 8", 'channel = "x"')
+                            .replace("recieve_own", "receive_own"), capsys)
+    assert code == 2
+    assert err[0] == ("P:10: buses.inverter.options.channel: say it as the bus's own "
+                      "`channel`, not inside `options`")
+
+
+@pytest.mark.parametrize(("sink", "where"), [
+    ('[sinks.log]\ntype = "datalog"\ninputs = ["lynk"]\npath = "b.csv"\n'
+     'signals = ["soc", "volatge", "glitch_active", "balancing_active"]\n', "30: sinks.log"),
+    ('[sinks.screen]\ntype = "console"\ninputs = ["lynk"]\nsignals = ["soc", "volatge"]\n',
+     "29: sinks.screen"),
+])
+def test_unknown_signal_names_in_sinks_are_warnings(tmp_path: Path, sink: str, where: str,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    code, err, _ = validate(tmp_path, LYNK_PIPELINE + "\n" + sink, capsys)
+    assert code == 0
+    assert err == [f"P:{where}.signals: warning: \"volatge\" is "
+                   'not a signal of the vocabulary (did you mean "voltage"?): nothing will '
+                   "show under it unless a plugin of yours emits it"]
 
 
 def test_a_bus_nobody_uses_is_a_warning(tmp_path: Path,

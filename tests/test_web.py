@@ -19,7 +19,11 @@ from pathlib import Path
 
 import can
 import pytest
+from canbridge_plugins.web.sink import IDLE_REFRESH_SECS, WebSink
 from conftest import REPO, canbridge_cmd, run_canbridge, subprocess_env
+
+from canbridge import Clock, Update
+from canbridge.testing import build, run_timers
 
 SAMPLE = REPO / "examples" / "captures" / "lynk2-sample.log"
 CHROMIUM = shutil.which("chromium")
@@ -224,3 +228,27 @@ def test_the_page_in_a_real_browser(tmp_path: Path) -> None:
     points = soc_chart.split('points="')[1].split('"')[0].split()
     assert len(points) > 40  # the day's rows from the data log, drawn
     assert (tmp_path / "page.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_snapshot_is_rebuilt_each_second_only_while_someone_reads_it() -> None:
+    t0 = 1745512155.0
+    clock = Clock(virtual=True, start=t0)
+    sink = build(WebSink, {"inputs": ["lynk"], "listen": "127.0.0.1:0"}, clock=clock)
+    sink.start()
+    try:
+        def soc_shown() -> object:
+            return json.loads(sink.state_json)["values"].get("soc")
+
+        sink.on_update(Update(t0, {"soc": 50}))
+        run_timers(clock, t0 + 5.0)
+        assert soc_shown() is None  # nobody reads: the start-up snapshot stands
+        sink.state_reads += 1  # what a GET /api/state does
+        run_timers(clock, t0 + 6.0)
+        assert soc_shown() == 50
+        sink.on_update(Update(t0 + 6.5, {"soc": 51}))
+        run_timers(clock, t0 + IDLE_REFRESH_SECS)
+        assert soc_shown() == 50
+        run_timers(clock, t0 + 6.0 + IDLE_REFRESH_SECS)
+        assert soc_shown() == 51  # still refreshed now and then: a first read is not old
+    finally:
+        sink.stop()

@@ -20,6 +20,7 @@ state file stores wall-clock times, so a hold in progress survives a restart.
 
 from __future__ import annotations
 
+import functools
 import pathlib
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeGuard
@@ -60,6 +61,12 @@ STALE_SLACK = 1e-6
 
 def _number(value: Value | None) -> TypeGuard[float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+@functools.lru_cache(maxsize=256)
+def _alarms_in(names: tuple[str, ...]) -> tuple[str, ...]:
+    """The alarm conditions among `names`, worked out once per kind of update."""
+    return tuple(key for key in names if key.startswith("alarm_") and is_condition(key))
 
 
 def _duration(secs: float) -> str:
@@ -168,16 +175,15 @@ class CellBalancing(Transform):
         """Track active alarms; end a hold when one is on. True when a hold ended.
 
         An alarm report replaces the previous one whole (signals.md)."""
+        names = _alarms_in(tuple(values))
         if ALARM_REPORT in values:
-            self._alarms = {key for key, value in values.items()
-                            if key.startswith("alarm_") and is_condition(key) and value is True}
+            self._alarms = {key for key in names if values[key] is True}
         else:
-            for key, value in values.items():
-                if key.startswith("alarm_") and is_condition(key):
-                    if value is True:
-                        self._alarms.add(key)
-                    else:
-                        self._alarms.discard(key)
+            for key in names:
+                if values[key] is True:
+                    self._alarms.add(key)
+                else:
+                    self._alarms.discard(key)
         if self._alarms and self.holding:
             self._end_early(", ".join(sorted(self._alarms)) + " active")
             return True

@@ -8,6 +8,7 @@ fsync, rename, fsync of the folder): a crash or power cut leaves the old file or
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import tomllib
 from dataclasses import dataclass
@@ -39,8 +40,10 @@ def to_datetime(unix: float) -> datetime:
     return datetime.fromtimestamp(unix, UTC)
 
 
+@functools.lru_cache(maxsize=8)
 def iso(unix: float) -> str:
-    """An ISO 8601 date-time with offset, to the second, for signals and status."""
+    """An ISO 8601 date-time with offset, to the second, for signals and status (the same
+    few dates are asked for on every SOC update)."""
     return to_datetime(unix).isoformat(timespec="seconds")
 
 

@@ -50,6 +50,7 @@ SECURITY_HEADERS = {
 }
 MAX_REQUEST_LINE = 2048
 CLIENT_TIMEOUT_SECS = 5.0
+IDLE_REFRESH_SECS = 30.0
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -93,6 +94,9 @@ class WebSink(Sink):
         self.history = History()
         self.state_json = b"{}"
         self.requests = 0
+        self.state_reads = 0
+        self._built_for = -1
+        self._built_at = 0.0
         self.refused = 0
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -130,7 +134,13 @@ class WebSink(Sink):
         self.latest.apply(update)
 
     def _refresh(self) -> None:
-        """The snapshot the page reads: at most once a second, whatever the browsers do."""
+        """The snapshot the page reads: at most once a second, whatever the browsers do;
+        once every IDLE_REFRESH_SECS while nobody reads it (a day replayed at full speed
+        would otherwise spend a fifth of its time on snapshots nobody sees)."""
+        now = self.clock.now()
+        if self.state_reads == self._built_for and now - self._built_at < IDLE_REFRESH_SECS:
+            return
+        self._built_for, self._built_at = self.state_reads, now
         self.state_json = json.dumps(self.state(), default=str,
                                      separators=(",", ":")).encode()
         if not self.history.points:
@@ -221,6 +231,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(resources.files(__package__).joinpath("static", name).read_bytes(),
                        kind)
         elif path == "/api/state":
+            sink.state_reads += 1
             self._send(sink.state_json, "application/json")
         elif path == "/api/history":
             self._send(json.dumps(sink.history.document()).encode(), "application/json")
