@@ -24,18 +24,20 @@ class LatencyProbe(Sink):
     summary = "records how long each update took from its frame's arrival (benchmarks)"
     options = (
         Option("path", Path(non_empty=True), REQUIRED,
-               help="file the delays (seconds, one per line) are written to at stop"),
+               help="file the updates' times and delays (seconds, one pair per line) are "
+                    "written to at stop"),
     )
 
     def __init__(self, name: str, config: Mapping[str, Any], context: Context):
         super().__init__(name, config, context)
-        self.delays: list[float] = []
+        self.delays: list[tuple[float, float]] = []
 
     def on_update(self, update: Update) -> None:
-        self.delays.append(self.clock.now() - update.timestamp)
+        self.delays.append((update.timestamp, self.clock.now() - update.timestamp))
 
     def stop(self) -> None:
-        FilePath(self.config["path"]).write_text("".join(f"{d:.9f}\n" for d in self.delays))
+        lines = "".join(f"{t:.6f} {d:.9f}\n" for t, d in self.delays)
+        FilePath(self.config["path"]).write_text(lines)
 
     def status(self) -> dict[str, Any]:
         return {"state": "ok", "updates": len(self.delays), "errors": self.errors}
