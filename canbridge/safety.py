@@ -139,6 +139,9 @@ def profile_presets(table: Mapping[str, Any], schema: Iterable[Option]) -> dict[
 
 def check_inverter_options(config: Mapping[str, Any], current_step: float
                            ) -> Iterable[tuple[str, str] | OptionError]:
+    """Checks across INVERTER_OPTIONS, and the sink's `period_secs` where it has one."""
+    if "period_secs" in config and config["stale_after_secs"] < config["period_secs"]:
+        yield "stale_after_secs", "must be at least period_secs"
     stop = config["stop_current"]
     if 0 < stop < current_step:
         yield "stop_current", (f"{stop:g} A is sent as 0 A (resolution {current_step:g} A); "

@@ -115,8 +115,6 @@ class PylontechSink(Sink):
         yield from check_inverter_options(config, current_step=0.1)
         if not config["manufacturer"].isprintable():
             yield "manufacturer", "must be printable ASCII"
-        if config["stale_after_secs"] < config["period_secs"]:
-            yield "stale_after_secs", "must be at least period_secs"
 
     @classmethod
     def frame_ids(cls, config: Mapping[str, Any]) -> tuple[frozenset[int], frozenset[int]]:

@@ -14,6 +14,8 @@ import pytest
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
+SAMPLE = REPO / "examples" / "captures" / "lynk2-sample.log"
+"""Four minutes of a real LYNK II's traffic, as shipped with the examples."""
 
 
 @pytest.fixture

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -12,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from canbridge_plugins.datalog import DEFAULT_SIGNALS, DataLog
-from conftest import run_canbridge, write_capture
+from conftest import SAMPLE, canbridge_cmd, run_canbridge, subprocess_env, write_capture
 
 from canbridge import Clock, Update
 from canbridge.dayfiles import day_file, day_of
@@ -387,19 +389,13 @@ def test_a_full_disk_never_leaves_a_cut_row_and_loses_no_row(small_disk: Path) -
 
 
 def test_rows_wait_for_the_flush_interval_and_survive_sigterm(tmp_path: Path) -> None:
-    import signal
-    import subprocess
-
-    from conftest import canbridge_cmd, subprocess_env
-
-    sample = Path(__file__).resolve().parent.parent / "examples/captures/lynk2-sample.log"
     path = tmp_path / "p.toml"
     path.write_text(f"""
 [status]
 file = "{tmp_path / 'status.json'}"
 [buses.battery]
 interface = "replay"
-path = "{sample}"
+path = "{SAMPLE}"
 loop = true
 [sources.lynk]
 type = "discover-lynk2"

@@ -9,7 +9,7 @@ from pathlib import Path
 import can
 import pytest
 from canbridge_plugins.discover_lynk2 import DiscoverLynk2
-from conftest import REPO, run_canbridge
+from conftest import SAMPLE, run_canbridge
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -17,7 +17,6 @@ from canbridge import Clock, Update
 from canbridge.databases import builtin_dbc, load_dbc
 from canbridge.testing import build, capture
 
-SAMPLE = REPO / "examples" / "captures" / "lynk2-sample.log"
 DB = load_dbc(builtin_dbc("discover_lynk2"))
 T0 = 1000.0
 

@@ -12,13 +12,12 @@ from pathlib import Path
 import can
 import pytest
 from broker import mosquitto_fixture
+from conftest import SAMPLE
 
 from canbridge.config import load_pipeline
 from canbridge.doctor import FAIL, OK, WARN, check_link, check_mqtt, doctor, parse_link
 from canbridge.registry import load_registry
 
-REPO = Path(__file__).resolve().parent.parent
-SAMPLE = REPO / "examples" / "captures" / "lynk2-sample.log"
 broker = mosquitto_fixture()
 secure_broker = mosquitto_fixture(users={"canbridge": "s3cret"})
 

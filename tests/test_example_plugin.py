@@ -20,11 +20,10 @@ from pathlib import Path
 import can
 import pytest
 import tomli_w
-from conftest import REPO
+from conftest import REPO, SAMPLE
 
 EXAMPLE = REPO / "examples/plugins/canbridge-example"
 DOCS = REPO / "docs/plugins.md"
-SAMPLE = REPO / "examples/captures/lynk2-sample.log"
 
 
 def pip_install(source: Path, site: Path) -> dict[str, str]:

@@ -8,10 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import can
+from conftest import SAMPLE
 
 from canbridge.replay import read_capture
-
-SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "captures" / "lynk2-sample.log"
 
 TRICKY_LINES = """\
 (1.000000) can0 351#2F02040B040BB001

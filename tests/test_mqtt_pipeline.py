@@ -18,9 +18,9 @@ from pathlib import Path
 import can
 import pytest
 from broker import Mosquitto, Subscriber, mosquitto_fixture
+from conftest import SAMPLE
 
 CANBRIDGE = Path(sys.executable).with_name("canbridge")
-CAPTURE = Path(__file__).resolve().parents[1] / "examples" / "captures" / "lynk2-sample.log"
 STATE = "canbridge/battery/state"
 STATUS = "canbridge/battery/status"
 VOLTAGE_CONFIG = "homeassistant/sensor/battery/voltage/config"
@@ -47,7 +47,7 @@ file = "status.json"
 
 [buses.battery]
 interface = "replay"
-path = "{CAPTURE}"
+path = "{SAMPLE}"
 speed = 1.0
 loop = true
 

@@ -20,13 +20,12 @@ import can
 import pytest
 import tomli_w
 from canbridge_plugins.pylontech import BURST_IDS, PylontechSink
+from conftest import REPO, SAMPLE
 from test_pylontech import NO_REPORT_BURST, NORMAL_BURST, SAFE_BURST, decode_burst, hexes
 
 from canbridge import Clock, Update
 from canbridge.testing import build, run_timers, virtual_bus
 
-REPO = Path(__file__).resolve().parent.parent
-SAMPLE = REPO / "examples" / "captures" / "lynk2-sample.log"
 T0 = 1_700_000_000.0
 
 

@@ -12,14 +12,12 @@ from pathlib import Path
 
 import can
 import pytest
+from conftest import SAMPLE
 
 from canbridge import engine as engine_module
 from canbridge.config import load_pipeline
 from canbridge.engine import Engine
 from canbridge.registry import load_registry
-
-REPO = Path(__file__).resolve().parent.parent
-SAMPLE = REPO / "examples" / "captures" / "lynk2-sample.log"
 
 
 def bridge_pipeline(folder: Path, inverter_channel: str, battery_channel: str) -> Path:

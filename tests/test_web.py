@@ -20,12 +20,11 @@ from pathlib import Path
 import can
 import pytest
 from canbridge_plugins.web.sink import IDLE_REFRESH_SECS, WebSink
-from conftest import REPO, canbridge_cmd, run_canbridge, subprocess_env
+from conftest import SAMPLE, canbridge_cmd, run_canbridge, subprocess_env
 
 from canbridge import Clock, Update
 from canbridge.testing import build, run_timers
 
-SAMPLE = REPO / "examples" / "captures" / "lynk2-sample.log"
 CHROMIUM = shutil.which("chromium")
 
 

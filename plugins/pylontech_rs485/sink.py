@@ -98,8 +98,6 @@ class PylontechRs485Sink(Sink):
     @classmethod
     def check(cls, config: Mapping[str, Any]) -> Iterable[tuple[str, str] | OptionError]:
         yield from check_inverter_options(config, current_step=0.1)
-        if config["stale_after_secs"] < config["period_secs"]:
-            yield "stale_after_secs", "must be at least period_secs"
 
     def __init__(self, name: str, config: Mapping[str, Any], context: Context):
         super().__init__(name, config, context)
