@@ -23,9 +23,10 @@ import logging
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar
 
 from canbridge import profiles
+from canbridge.component import Component, Sink
 from canbridge.schema import Choice, Number, Option, OptionError
 from canbridge.signals import (
     ALARM_REPORT,
@@ -34,9 +35,6 @@ from canbridge.signals import (
     Update,
     Value,
 )
-
-if TYPE_CHECKING:
-    from canbridge.component import Component
 
 CVL, CCL = "charge_voltage_limit", "charge_current_limit"
 DCL, DVL = "discharge_current_limit", "discharge_voltage_limit"
@@ -135,6 +133,22 @@ def profile_presets(table: Mapping[str, Any], schema: Iterable[Option]) -> dict[
         return {}  # the schema reports the unknown name, with "did you mean"
     known = {option.name for option in schema}
     return {key: value for key, value in profiles.load(name).options.items() if key in known}
+
+
+class InverterSink(Sink):
+    """A sink that tells an inverter what to do: its defaults come from the inverter profile
+    the pipeline names, and its options are checked together (a StopModel decides)."""
+
+    current_step: ClassVar[float] = 0.1
+    """The resolution of the current limits the protocol sends, in A."""
+
+    @classmethod
+    def presets(cls, table: Mapping[str, Any]) -> Mapping[str, Any]:
+        return profile_presets(table, cls.options)
+
+    @classmethod
+    def check(cls, config: Mapping[str, Any]) -> Iterable[tuple[str, str] | OptionError]:
+        return check_inverter_options(config, cls.current_step)
 
 
 def check_inverter_options(config: Mapping[str, Any], current_step: float

@@ -30,7 +30,6 @@ from canbridge import (
     Number,
     Option,
     OptionError,
-    Sink,
     Text,
     Timer,
     Update,
@@ -41,9 +40,8 @@ from canbridge.databases import builtin_dbc, load_dbc
 from canbridge.safety import (
     INVERTER_OPTIONS,
     Decision,
+    InverterSink,
     StopModel,
-    check_inverter_options,
-    profile_presets,
 )
 
 KEEPALIVE_ID = 0x305
@@ -81,7 +79,7 @@ def manufacturer_value(text: str) -> int:
     return int.from_bytes(text.encode("ascii").ljust(8, b" "), "little")
 
 
-class PylontechSink(Sink):
+class PylontechSink(InverterSink):
     """Sends the battery's state to a Pylontech-compatible inverter."""
 
     type_name = "pylontech"
@@ -107,12 +105,8 @@ class PylontechSink(Sink):
     )
 
     @classmethod
-    def presets(cls, table: Mapping[str, Any]) -> Mapping[str, Any]:
-        return profile_presets(table, cls.options)
-
-    @classmethod
     def check(cls, config: Mapping[str, Any]) -> Iterable[tuple[str, str] | OptionError]:
-        yield from check_inverter_options(config, current_step=0.1)
+        yield from super().check(config)
         if not config["manufacturer"].isprintable():
             yield "manufacturer", "must be printable ASCII"
 

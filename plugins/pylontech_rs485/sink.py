@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import serial
@@ -27,8 +27,6 @@ from canbridge import (
     Integer,
     Number,
     Option,
-    OptionError,
-    Sink,
     Text,
     Timer,
     Update,
@@ -36,9 +34,8 @@ from canbridge import (
 from canbridge.safety import (
     INVERTER_OPTIONS,
     Decision,
+    InverterSink,
     StopModel,
-    check_inverter_options,
-    profile_presets,
 )
 
 from . import frames, info
@@ -54,7 +51,7 @@ PROTOCOL_VERSION, MANUFACTURER, ANALOG, ALARMS, PARAMETERS, MANAGEMENT = (
     0x4F, 0x51, 0x42, 0x44, 0x47, 0x92)
 
 
-class PylontechRs485Sink(Sink):
+class PylontechRs485Sink(InverterSink):
     """Answers an inverter's Pylontech RS485 polls with the battery's state."""
 
     type_name = "pylontech-rs485"
@@ -90,14 +87,6 @@ class PylontechRs485Sink(Sink):
         Option("max_answers_per_sec", Number(min=1.0, max=1000.0), 20.0,
                "requests answered per second at most; a poll storm beyond is ignored"),
     )
-
-    @classmethod
-    def presets(cls, table: Mapping[str, Any]) -> Mapping[str, Any]:
-        return profile_presets(table, cls.options)
-
-    @classmethod
-    def check(cls, config: Mapping[str, Any]) -> Iterable[tuple[str, str] | OptionError]:
-        yield from check_inverter_options(config, current_step=0.1)
 
     def __init__(self, name: str, config: Mapping[str, Any], context: Context):
         super().__init__(name, config, context)
