@@ -21,8 +21,13 @@ readonly SERVICE=canbridge.service
 readonly LINK_UNIT=canbridge-can@.service
 readonly MOSQUITTO_DROPIN=/etc/mosquitto/conf.d/canbridge.conf
 readonly MOSQUITTO_PASSWD=/etc/mosquitto/canbridge.passwd
+readonly MOSQUITTO_ACL=/etc/mosquitto/canbridge.acl
+readonly MOSQUITTO_CERT=/etc/mosquitto/certs/canbridge.crt
+readonly MOSQUITTO_KEY=/etc/mosquitto/certs/canbridge.key
 readonly MQTT_PASSWORD=$ETC_DIR/mqtt-password
 readonly MQTT_USER=canbridge
+readonly HA_PASSWORD=$ETC_DIR/homeassistant-mqtt-password
+readonly HA_USER=homeassistant
 readonly SERVICE_USER=canbridge
 readonly COMMAND_LINK=/usr/local/bin/canbridge
 
@@ -57,8 +62,12 @@ Options:
   --root DIR               install into DIR as a fake root (for tests): no apt-get, useradd,
                            chown, systemctl or service (re)start
   --skip-venv              do not create the venv or install the package into it
-  --mqtt-lan               let other machines (Home Assistant) reach the broker, with a
-                           password: generated and printed once, or from --mqtt-password-file
+  --mqtt-lan               let other machines (Home Assistant) reach the broker: never
+                           without a password; Home Assistant gets its own user
+                           '$HA_USER' (password generated and printed once), which may
+                           only read unless the pipeline enables MQTT controls
+  --mqtt-tls               like --mqtt-lan, but other machines connect with TLS on port
+                           8883 (a self-signed certificate made here, kept on reruns)
   --mqtt-password-file FILE
                            the MQTT password for user '$MQTT_USER' (first line of FILE);
                            implies --mqtt-lan
@@ -94,7 +103,7 @@ RESTART_NEEDED=0
 BROKER_CHANGED=0
 CONFIG_FRESH=0
 REBOOT_NEEDED=0
-GENERATED_PASSWORD=""
+GENERATED_HA_PASSWORD=""
 NOTES=()
 
 say() { printf '%s\n' "$*"; }
@@ -271,6 +280,7 @@ parse_args() {
             ;;
         --skip-venv) SKIP_VENV=1 ;;
         --mqtt-lan) MQTT_MODE=lan ;;
+        --mqtt-tls) MQTT_MODE=lan-tls ;;
         --mqtt-local) MQTT_MODE=local ;;
         --mqtt-password-file)
             (($# >= 2)) || die "--mqtt-password-file needs a file"
@@ -299,12 +309,12 @@ parse_args() {
         shift
     done
     if ((!BROKER)) && [[ -n $MQTT_MODE || -n $PASSWORD_FILE ]]; then
-        die "--no-broker cannot be combined with --mqtt-lan, --mqtt-local or --mqtt-password-file"
+        die "--no-broker cannot be combined with --mqtt-lan, --mqtt-tls, --mqtt-local or --mqtt-password-file"
     fi
     if [[ -n $PASSWORD_FILE ]]; then
         [[ $MQTT_MODE != local ]] ||
             die "--mqtt-password-file is for the LAN listener (--mqtt-lan); the local one needs none"
-        MQTT_MODE=lan
+        [[ -n $MQTT_MODE ]] || MQTT_MODE=lan
     fi
 }
 
@@ -375,6 +385,7 @@ packages() {
     step "Debian packages"
     local wanted=(can-utils python3-venv) missing=() package
     ((BROKER)) && wanted+=(mosquitto mosquitto-clients)
+    [[ $MQTT_MODE == lan-tls ]] && wanted+=(openssl)
     if [[ -n $ROOT ]]; then
         info "skipped under --root: would make sure these are installed: ${wanted[*]}"
         return 0
@@ -485,11 +496,80 @@ mqtt_password() {
     elif [[ -f $(p "$MQTT_PASSWORD") ]]; then
         IFS= read -r password <"$(p "$MQTT_PASSWORD")" || true
     fi
-    if [[ -z $password ]]; then
-        password=$(head -c 18 /dev/urandom | base64 | tr '+/' '-_')
-        GENERATED_PASSWORD=$password
-    fi
+    [[ -n $password ]] || password=$(new_password)
     printf '%s\n' "$password" >"$WORK/mqtt-password"
+}
+
+new_password() {
+    head -c 18 /dev/urandom | base64 | tr '+/' '-_'
+}
+
+# Home Assistant's own password: kept from an earlier run, else generated (and shown once).
+ha_password() {
+    local password=""
+    if [[ -f $(p "$HA_PASSWORD") ]]; then
+        IFS= read -r password <"$(p "$HA_PASSWORD")" || true
+    fi
+    if [[ -z $password ]]; then
+        password=$(new_password)
+        GENERATED_HA_PASSWORD=$password
+    fi
+    printf '%s\n' "$password" >"$WORK/ha-mqtt-password"
+}
+
+# pipeline_value KEY DEFAULT: the first `KEY = "value"` (or `KEY = true`) in the pipeline.
+pipeline_value() {
+    local value
+    value=$(sed -n -E "s/^[[:space:]]*$1[[:space:]]*=[[:space:]]*\"?([^\"#[:space:]]*).*/\1/p" \
+        "$(p "$PIPELINE")" 2>/dev/null | head -n 1)
+    printf '%s\n' "${value:-$2}"
+}
+
+# Who may do what: canbridge everything; Home Assistant reads, announces itself, and writes
+# the set topics only while the pipeline accepts commands (the mqtt sink's control = true).
+broker_acl() {
+    {
+        printf '%s\n' "# Written by canbridge's install.sh (a rerun rewrites it)." \
+            "user $MQTT_USER" "topic readwrite #" "" "user $HA_USER" "topic read #" \
+            "topic write $(pipeline_value discovery_prefix homeassistant)/status"
+        if [[ $(pipeline_value control false) == true ]]; then
+            printf '%s\n' "topic write $(pipeline_value topic_prefix canbridge)/+/set/#"
+        fi
+    } >"$WORK/broker.acl"
+}
+
+# The TLS listener's certificate: made once (kept on reruns, so Home Assistant goes on
+# trusting it), self-signed, naming this machine the ways Home Assistant may reach it.
+broker_certificate() {
+    local cert key host names ip
+    cert=$(p "$MOSQUITTO_CERT")
+    key=$(p "$MOSQUITTO_KEY")
+    if [[ -f $cert && -f $key ]]; then
+        info "unchanged $MOSQUITTO_CERT"
+        return 0
+    fi
+    if ((DRY_RUN)); then
+        change "would make a self-signed certificate $MOSQUITTO_CERT (key $MOSQUITTO_KEY)"
+        return 0
+    fi
+    command -v openssl >/dev/null || die "openssl is missing (package openssl)"
+    host=$(hostname)
+    names="DNS:$host,DNS:$host.local,DNS:localhost,IP:127.0.0.1"
+    for ip in $(hostname -I 2>/dev/null || true); do
+        names+=",IP:$ip"
+    done
+    mkdir -p "$(dirname "$cert")"
+    (
+        umask 077
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+            -days 3650 -subj "/CN=$host" -addext "subjectAltName=$names" \
+            -keyout "$key" -out "$cert" 2>/dev/null
+    ) || die "openssl could not make the certificate $MOSQUITTO_CERT"
+    chmod 0644 "$cert"
+    chmod 0640 "$key"
+    set_owner "$key" root:mosquitto
+    BROKER_CHANGED=1
+    change "made a self-signed certificate $MOSQUITTO_CERT (10 years; $names)"
 }
 
 broker() {
@@ -505,6 +585,9 @@ broker() {
         if [[ -f $dropin ]] && grep -qx '# mode: lan' "$dropin"; then
             mode=lan
             info "keeping the LAN listener of an earlier --mqtt-lan (--mqtt-local removes it)"
+        elif [[ -f $dropin ]] && grep -qx '# mode: lan-tls' "$dropin"; then
+            mode=lan-tls
+            info "keeping the TLS listener of an earlier --mqtt-tls (--mqtt-local removes it)"
         fi
     fi
     local header="# MQTT broker settings for canbridge, written by its install.sh (a rerun rewrites them)."
@@ -516,7 +599,7 @@ $header
 listener 1883 127.0.0.1
 allow_anonymous true
 EOF
-    else
+    elif [[ $mode == lan ]]; then
         cat >"$WORK/broker.conf" <<EOF
 $header
 # mode: lan
@@ -524,19 +607,46 @@ $header
 listener 1883
 allow_anonymous false
 password_file $MOSQUITTO_PASSWD
+acl_file $MOSQUITTO_ACL
 EOF
+    else
+        cat >"$WORK/broker.conf" <<EOF
+$header
+# mode: lan-tls
+# canbridge on this machine; Home Assistant on another over TLS, never without a password.
+allow_anonymous false
+password_file $MOSQUITTO_PASSWD
+acl_file $MOSQUITTO_ACL
+listener 1883 127.0.0.1
+listener 8883
+certfile $MOSQUITTO_CERT
+keyfile $MOSQUITTO_KEY
+EOF
+        broker_certificate
+    fi
+    if [[ $mode != local ]]; then
         mqtt_password
         install_file "$WORK/mqtt-password" "$MQTT_PASSWORD" 0640 "root:$SERVICE_USER"
         # canbridge reads its password file when it starts.
         ((FILE_CHANGED)) && RESTART_NEEDED=1
-        if ((FILE_CHANGED)) || [[ ! -f $(p "$MOSQUITTO_PASSWD") ]] ||
-            ! grep -q "^$MQTT_USER:" "$(p "$MOSQUITTO_PASSWD")"; then
-            set_mosquitto_password
+        if ((FILE_CHANGED)) || ! has_mosquitto_user "$MQTT_USER"; then
+            set_mosquitto_password "$MQTT_USER" "$WORK/mqtt-password"
             BROKER_CHANGED=1
         else
-            info "unchanged $MOSQUITTO_PASSWD"
+            info "unchanged $MQTT_USER in $MOSQUITTO_PASSWD"
+        fi
+        ha_password
+        install_file "$WORK/ha-mqtt-password" "$HA_PASSWORD" 0600 root:root
+        if ((FILE_CHANGED)) || ! has_mosquitto_user "$HA_USER"; then
+            set_mosquitto_password "$HA_USER" "$WORK/ha-mqtt-password"
+            BROKER_CHANGED=1
+        else
+            info "unchanged $HA_USER in $MOSQUITTO_PASSWD"
         fi
         pipeline_credentials
+        broker_acl
+        install_file "$WORK/broker.acl" "$MOSQUITTO_ACL" 0644 root:root
+        ((FILE_CHANGED)) && BROKER_CHANGED=1
     fi
     install_file "$WORK/broker.conf" "$MOSQUITTO_DROPIN" 0644 root:root
     ((FILE_CHANGED)) && BROKER_CHANGED=1
@@ -546,30 +656,34 @@ EOF
     return 0
 }
 
-# The hashed password for mosquitto; the password reaches mosquitto_passwd on stdin, never
-# on a command line.
+has_mosquitto_user() {
+    [[ -f $(p "$MOSQUITTO_PASSWD") ]] && grep -q "^$1:" "$(p "$MOSQUITTO_PASSWD")"
+}
+
+# set_mosquitto_password USER FILE: USER's hashed password (FILE's first line) for mosquitto;
+# the password reaches mosquitto_passwd on stdin, never on a command line.
 set_mosquitto_password() {
-    local file create=()
+    local user=$1 source=$2 file create=()
     file=$(p "$MOSQUITTO_PASSWD")
     [[ -f $file ]] || create=(-c)
     if ((DRY_RUN)); then
-        change "would run: mosquitto_passwd ${create[*]} $MOSQUITTO_PASSWD $MQTT_USER"
+        change "would run: mosquitto_passwd ${create[*]} $MOSQUITTO_PASSWD $user"
         return 0
     fi
     command -v mosquitto_passwd >/dev/null || die "mosquitto_passwd is missing (package mosquitto)"
     mkdir -p "$(dirname "$file")"
     local password
-    IFS= read -r password <"$WORK/mqtt-password"
+    IFS= read -r password <"$source"
     (
         umask 077
         printf '%s\n%s\n' "$password" "$password" |
-            mosquitto_passwd "${create[@]}" "$file" "$MQTT_USER" >/dev/null
+            mosquitto_passwd "${create[@]}" "$file" "$user" >/dev/null
     )
     chmod 0600 "$file"
     if [[ -z $ROOT ]] && id -u mosquitto >/dev/null 2>&1; then
         chown mosquitto:mosquitto "$file"
     fi
-    change "set the password of MQTT user $MQTT_USER in $MOSQUITTO_PASSWD"
+    change "set the password of MQTT user $user in $MOSQUITTO_PASSWD"
 }
 
 # The mqtt sink needs the credentials too: set them in a pipeline installed by this run,
@@ -644,11 +758,16 @@ summary() {
     else
         info "$CHANGES change(s)"
     fi
-    if [[ -n $GENERATED_PASSWORD ]] && ((!DRY_RUN)); then
+    if [[ -n $GENERATED_HA_PASSWORD ]] && ((!DRY_RUN)); then
+        local port=1883 tls=""
+        if grep -qx '# mode: lan-tls' "$(p "$MOSQUITTO_DROPIN")" 2>/dev/null; then
+            port=8883
+            tls=", TLS with $MOSQUITTO_CERT as the CA certificate"
+        fi
         say ""
-        say "MQTT user '$MQTT_USER', generated password (shown only this once, kept in $MQTT_PASSWORD):"
-        say "    $GENERATED_PASSWORD"
-        say "Home Assistant: MQTT integration, broker $(hostname -I 2>/dev/null | awk '{print $1}' || true), port 1883, this user and password."
+        say "MQTT user '$HA_USER' for Home Assistant, generated password (shown only this once, kept in $HA_PASSWORD):"
+        say "    $GENERATED_HA_PASSWORD"
+        say "Home Assistant: MQTT integration, broker $(hostname -I 2>/dev/null | awk '{print $1}' || true), port $port$tls, this user and password."
     fi
     local note
     for note in "${NOTES[@]}"; do
@@ -688,6 +807,9 @@ uninstall() {
     if [[ -e $(p "$MOSQUITTO_DROPIN") ]]; then
         remove_path "$MOSQUITTO_DROPIN"
         remove_path "$MOSQUITTO_PASSWD"
+        remove_path "$MOSQUITTO_ACL"
+        remove_path "$MOSQUITTO_CERT"
+        remove_path "$MOSQUITTO_KEY"
         system systemctl try-restart mosquitto.service
     fi
     step "done"

@@ -22,7 +22,7 @@ from pathlib import Path
 import can
 import paho.mqtt.client as mqtt
 import pytest
-from broker import MOSQUITTO, Mosquitto
+from broker import MOSQUITTO, Mosquitto, free_port
 from conftest import REPO
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -40,6 +40,9 @@ LINK_UNIT = "etc/systemd/system/canbridge-can@.service"
 DROPIN = "etc/mosquitto/conf.d/canbridge.conf"
 PASSWD = "etc/mosquitto/canbridge.passwd"
 SECRET = "etc/canbridge/mqtt-password"
+HA_SECRET = "etc/canbridge/homeassistant-mqtt-password"
+ACL = "etc/mosquitto/canbridge.acl"
+CERT = "etc/mosquitto/certs/canbridge.crt"
 PIPELINE = "etc/canbridge/pipeline.toml"
 NEEDS_PASSWD = pytest.mark.skipif(not shutil.which("mosquitto_passwd"),
                                reason="mosquitto_passwd (Debian package mosquitto) is missing")
@@ -123,7 +126,8 @@ def test_help_names_every_option() -> None:
                           check=False)
     assert done.returncode == 0
     for option in ("--yes", "--dry-run", "--root DIR", "--skip-venv", "--mqtt-lan",
-                   "--mqtt-password-file FILE", "--mqtt-local", "--no-broker", "--uninstall"):
+                   "--mqtt-tls", "--mqtt-password-file FILE", "--mqtt-local", "--no-broker",
+                   "--uninstall"):
         assert option in done.stdout
 
 
@@ -320,14 +324,24 @@ def test_mqtt_lan_has_a_password_and_no_anonymous_access(root: Path) -> None:
 
     assert config_lines(root / DROPIN) == [
         "listener 1883", "allow_anonymous false",
-        "password_file /etc/mosquitto/canbridge.passwd"]
+        "password_file /etc/mosquitto/canbridge.passwd", "acl_file /etc/mosquitto/canbridge.acl"]
     password = (root / SECRET).read_text().splitlines()[0]
     assert len(password) == 24 and re.fullmatch(r"[A-Za-z0-9_-]+", password)
+    ha_password = (root / HA_SECRET).read_text().splitlines()[0]
+    assert len(ha_password) == 24 and ha_password != password
     assert mode(root / SECRET) == 0o640 and mode(root / PASSWD) == 0o600
-    assert (root / PASSWD).read_text().startswith("canbridge:$7$")
+    assert mode(root / HA_SECRET) == 0o600
+    users = [line.split(":")[0] for line in (root / PASSWD).read_text().splitlines()]
+    assert users == ["canbridge", "homeassistant"]
+    assert "$7$" in (root / PASSWD).read_text()
     assert password not in (root / PASSWD).read_text()
-    # Printed once, for the user to give Home Assistant.
-    assert output.count(password) == 1 and "shown only this once" in output
+    # Home Assistant's own account, printed once; canbridge's own is never shown.
+    assert output.count(ha_password) == 1 and "shown only this once" in output
+    assert password not in output
+    # Home Assistant may read, and announce itself; no commands while controls are off.
+    assert config_lines(root / ACL) == [
+        "user canbridge", "topic readwrite #", "user homeassistant", "topic read #",
+        "topic write homeassistant/status"]
 
     # The freshly installed pipeline's mqtt sink logs in with it.
     mqtt_sink = tomllib.loads((root / PIPELINE).read_text())["sinks"]["mqtt"]
@@ -342,6 +356,38 @@ def test_mqtt_lan_has_a_password_and_no_anonymous_access(root: Path) -> None:
 
     install(root, "--mqtt-local")
     assert config_lines(root / DROPIN) == ["listener 1883 127.0.0.1", "allow_anonymous true"]
+
+
+@NEEDS_PASSWD
+def test_home_assistant_may_send_commands_only_when_the_pipeline_takes_them(root: Path) -> None:
+    install(root, "--mqtt-lan")
+    pipeline = root / PIPELINE
+    pipeline.write_text(pipeline.read_text().replace(
+        "[sinks.mqtt]\n", '[sinks.mqtt]\ncontrol = true\ntopic_prefix = "home"\n', 1))
+    install(root)
+    assert config_lines(root / ACL)[-2:] == ["topic write homeassistant/status",
+                                             "topic write home/+/set/#"]
+
+
+@pytest.mark.skipif(not shutil.which("openssl"), reason="openssl is not installed")
+@NEEDS_PASSWD
+def test_mqtt_tls_makes_a_certificate_once_and_keeps_plain_mqtt_on_this_machine(
+        root: Path) -> None:
+    output = install(root, "--mqtt-tls")
+    assert config_lines(root / DROPIN) == [
+        "allow_anonymous false", "password_file /etc/mosquitto/canbridge.passwd",
+        "acl_file /etc/mosquitto/canbridge.acl", "listener 1883 127.0.0.1", "listener 8883",
+        "certfile /etc/mosquitto/certs/canbridge.crt",
+        "keyfile /etc/mosquitto/certs/canbridge.key"]
+    assert "made a self-signed certificate /etc/mosquitto/certs/canbridge.crt" in output
+    assert "port 8883, TLS with /etc/mosquitto/certs/canbridge.crt" in output
+    assert mode(root / "etc/mosquitto/certs/canbridge.key") == 0o640
+    text = subprocess.run(["openssl", "x509", "-noout", "-text", "-in", str(root / CERT)],
+                          capture_output=True, text=True, check=True).stdout
+    assert "IP Address:127.0.0.1" in text and "DNS:localhost" in text
+    before = snapshot(root)
+    assert "keeping the TLS listener" in install(root)
+    assert snapshot(root) == before, "a rerun keeps the certificate Home Assistant trusts"
 
 
 @NEEDS_PASSWD
@@ -366,8 +412,9 @@ def test_mqtt_password_file_sets_that_password_and_an_old_pipeline_is_left_to_th
     assert snapshot(root) == before
 
 
-def connack(port: int, credentials: tuple[str, str] | None) -> str:
-    """Connect a real paho client and return the broker's answer ("Success", ...)."""
+def connack(port: int, credentials: tuple[str, str] | None, ca: Path | None = None) -> str:
+    """Connect a real paho client and return the broker's answer ("Success", ...); with
+    `ca`, over TLS trusting that certificate."""
     answered = threading.Event()
     result: list[str] = []
 
@@ -379,6 +426,8 @@ def connack(port: int, credentials: tuple[str, str] | None) -> str:
     client = mqtt.Client(CallbackAPIVersion.VERSION2)
     if credentials:
         client.username_pw_set(*credentials)
+    if ca is not None:
+        client.tls_set(ca_certs=str(ca))
     client.on_connect = on_connect
     client.connect("127.0.0.1", port)
     client.loop_start()
@@ -390,6 +439,33 @@ def connack(port: int, credentials: tuple[str, str] | None) -> str:
     return result[0]
 
 
+def delivered(port: int, sender: tuple[str, str], receiver: tuple[str, str], topic: str) -> bool:
+    """Whether a message `sender` publishes on `topic` reaches `receiver`, subscribed to
+    everything (mosquitto drops a publish its ACL denies without telling the sender)."""
+    subscribed, got = threading.Event(), threading.Event()
+
+    def client(credentials: tuple[str, str]) -> mqtt.Client:
+        c = mqtt.Client(CallbackAPIVersion.VERSION2)
+        c.username_pw_set(*credentials)
+        c.connect("127.0.0.1", port)
+        c.loop_start()
+        return c
+
+    listener = client(receiver)
+    listener.on_subscribe = lambda *args: subscribed.set()
+    listener.on_message = lambda c, u, msg: got.set() if msg.topic == topic else None
+    listener.subscribe("#")
+    talker = client(sender)
+    try:
+        assert subscribed.wait(5), "no SUBACK"
+        talker.publish(topic, b"1", qos=1).wait_for_publish(5)
+        return got.wait(1.0)
+    finally:
+        for c in (listener, talker):
+            c.disconnect()
+            c.loop_stop()
+
+
 class InstalledBroker(Mosquitto):
     """mosquitto running the installer's drop-in, moved to a free port and into the fake root."""
 
@@ -399,6 +475,9 @@ class InstalledBroker(Mosquitto):
 
     def _write_config(self) -> None:
         text = (self.root / DROPIN).read_text()
+        if "listener 8883" in text:  # --mqtt-tls: the plain port stays on this machine
+            self.tls_port = free_port()
+            text = text.replace("listener 8883", f"listener {self.tls_port}")
         text = text.replace("listener 1883", f"listener {self.port}")
         text = text.replace(" /etc/", f" {self.root}/etc/")
         text += "persistence false\nlog_dest stderr\nlog_type all\n"
@@ -416,13 +495,32 @@ def test_the_broker_configs_run_in_mosquitto(root: Path, tmp_path: Path, lan: bo
     with InstalledBroker(tmp_path / "mosquitto", root) as broker:
         if lan:
             password = (root / SECRET).read_text().strip()
+            ha = ("homeassistant", (root / HA_SECRET).read_text().strip())
             assert connack(broker.port, None) == "Not authorized"
             assert connack(broker.port, ("canbridge", "wrong")) == "Not authorized"
             assert connack(broker.port, ("canbridge", password)) == "Success"
+            assert connack(broker.port, ha) == "Success"
+            # Home Assistant reads what canbridge publishes, and its commands are dropped.
+            assert delivered(broker.port, ("canbridge", password), ha, "canbridge/battery/state")
+            assert not delivered(broker.port, ha, ("canbridge", password),
+                                 "canbridge/battery/set/charge_current_max")
         else:
             assert connack(broker.port, None) == "Success"
             assert f"Opening ipv4 listen socket on port {broker.port}" in broker.log()
             assert "ipv6" not in broker.log()
+
+
+@pytest.mark.skipif(not Path(MOSQUITTO).exists() or not shutil.which("openssl"),
+                    reason="mosquitto or openssl is not installed")
+@NEEDS_PASSWD
+def test_the_tls_listener_takes_only_tls_with_the_made_certificate(root: Path,
+                                                                   tmp_path: Path) -> None:
+    install(root, "--mqtt-tls")
+    ha = ("homeassistant", (root / HA_SECRET).read_text().strip())
+    with InstalledBroker(tmp_path / "mosquitto", root) as broker:
+        assert connack(broker.tls_port, ha, ca=root / CERT) == "Success"
+        with pytest.raises(AssertionError, match="no CONNACK"):
+            connack(broker.tls_port, ha)  # plain MQTT to the TLS port gets no answer
 
 
 def test_no_broker_leaves_mosquitto_alone(root: Path) -> None:
