@@ -34,6 +34,7 @@ from canbridge.signals import (
     LatestValues,
     Update,
     Value,
+    names_where,
 )
 
 CVL, CCL = "charge_voltage_limit", "charge_current_limit"
@@ -86,12 +87,6 @@ def finite(value: object) -> bool:
         return math.isfinite(value)
     return (isinstance(value, int | float) and not isinstance(value, bool)
             and math.isfinite(value))
-
-
-@functools.lru_cache(maxsize=256)
-def _numeric_in(names: tuple[str, ...]) -> tuple[str, ...]:
-    """The numeric signals among `names`, worked out once per kind of update."""
-    return tuple(name for name in names if name in NUMERIC_SET)
 
 
 INVERTER_OPTIONS = (
@@ -230,7 +225,8 @@ class StopModel:
     def accept(self, update: Update) -> None:
         """Take an update, less whatever is unusable (not a number, implausible)."""
         values = update.values
-        bad = [name for name in _numeric_in(tuple(values)) if not finite(values[name])]
+        numeric = names_where(NUMERIC_SET.__contains__, tuple(values))
+        bad = [name for name in numeric if not finite(values[name])]
         if bad:
             # Unusable, so not fresh: the signal ages into the safe state instead of making
             # the encoder fail and the inverter hear nothing at all.

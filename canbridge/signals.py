@@ -8,7 +8,7 @@ same timestamp on the pipeline clock; it is never partial.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from .schema import OptionError, did_you_mean
 
@@ -88,11 +88,11 @@ class Update:
     __hash__ = None  # type: ignore[assignment]
 
 
-@functools.lru_cache(maxsize=256)
-def _conditions_in(names: tuple[str, ...]) -> tuple[str, ...]:
-    """The condition names among `names`: one frame type's updates always carry the same
-    names, so this is worked out once per kind of update, not per update."""
-    return tuple(name for name in names if is_condition(name))
+@functools.lru_cache(maxsize=1024)
+def names_where(predicate: Callable[[str], bool], names: tuple[str, ...]) -> tuple[str, ...]:
+    """The names among `names` that `predicate` holds for. One frame type's updates always
+    carry the same names, so this is worked out once per kind of update, not per update."""
+    return tuple(name for name in names if predicate(name))
 
 
 class LatestValues:
@@ -114,9 +114,9 @@ class LatestValues:
             for name in self._conditions - values.keys():
                 del self._values[name]
                 del self._times[name]
-            self._conditions = set(_conditions_in(tuple(values)))
+            self._conditions = set(names_where(is_condition, tuple(values)))
         elif not CONDITION_NAMES.isdisjoint(values):  # rare: alarms outside a report
-            self._conditions.update(_conditions_in(tuple(values)))
+            self._conditions.update(names_where(is_condition, tuple(values)))
         self._values.update(values)
         self._times.update(dict.fromkeys(values, ts))
 

@@ -258,7 +258,8 @@ def test_soak_with_floods_bus_off_and_broker_outages_together(
     assert not [t for t in limits for down, up in outages if down + 0.1 < t < up - 0.1]
     back = [min(t for t in limits if t > up) - up for _, up in outages]
     # Files stay whole: the data log, the status file, the balancing state.
-    rows = list(csv.reader((tmp_path / "run" / "log").glob("*.csv").__next__().open()))
+    with next((tmp_path / "run" / "log").glob("*.csv")).open(newline="") as day:
+        rows = list(csv.reader(day))
     assert len({len(row) for row in rows}) == 1 and len(rows) > SOAK_SECS / 60 - 2
     json.loads((tmp_path / "run" / "status.json").read_text())
     growth = max(rss[2:]) - rss[1] if len(rss) > 2 else 0.0

@@ -20,7 +20,6 @@ state file stores wall-clock times, so a hold in progress survives a restart.
 
 from __future__ import annotations
 
-import functools
 import pathlib
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeGuard
@@ -39,6 +38,7 @@ from canbridge import (
 )
 from canbridge.controls import BUTTON, Command, Control
 from canbridge.locations import location_problem
+from canbridge.signals import names_where
 from canbridge.writer import write_soon
 
 from .state import (
@@ -63,10 +63,8 @@ def _number(value: Value | None) -> TypeGuard[float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-@functools.lru_cache(maxsize=256)
-def _alarms_in(names: tuple[str, ...]) -> tuple[str, ...]:
-    """The alarm conditions among `names`, worked out once per kind of update."""
-    return tuple(key for key in names if key.startswith("alarm_") and is_condition(key))
+def _is_alarm(name: str) -> bool:
+    return name.startswith("alarm_") and is_condition(name)
 
 
 def _duration(secs: float) -> str:
@@ -175,7 +173,7 @@ class CellBalancing(Transform):
         """Track active alarms; end a hold when one is on. True when a hold ended.
 
         An alarm report replaces the previous one whole (signals.md)."""
-        names = _alarms_in(tuple(values))
+        names = names_where(_is_alarm, tuple(values))
         if ALARM_REPORT in values:
             self._alarms = {key for key in names if values[key] is True}
         else:
