@@ -95,8 +95,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
 
 
-def load_registry() -> Registry:
-    """Every installed plugin plus those named in $CANBRIDGE_PLUGINS."""
+def load_registry(*, lazy: bool = False) -> Registry:
+    """Every installed plugin plus those named in $CANBRIDGE_PLUGINS (`lazy`: an installed
+    one is imported when the pipeline names one of its types)."""
     import importlib
 
     from canbridge import registry
@@ -108,7 +109,7 @@ def load_registry() -> Registry:
         except Exception as exc:
             registry.log.error("plugin %r (from $%s) skipped: failed to import: %r", name,
                                PLUGINS_ENV, exc)
-    return registry.load_registry(tuple(extra))
+    return registry.load_registry(tuple(extra), lazy=lazy)
 
 
 def _load(path: str, out: TextIO | None = None) -> PipelineConfig | None:
@@ -116,7 +117,7 @@ def _load(path: str, out: TextIO | None = None) -> PipelineConfig | None:
 
     out = out or sys.stderr
     try:
-        config = load_pipeline(path, load_registry())
+        config = load_pipeline(path, load_registry(lazy=True))
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=out)

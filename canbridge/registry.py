@@ -2,11 +2,19 @@
 
 Entry points are loaded one by one, so a plugin that fails to import or to register is
 reported by name and skipped while every other plugin still loads.
+
+`canbridge run` and `validate` load lazily: a cache (written after a full load) says which
+plugin provides which component type, so only the plugins a pipeline names are imported (no
+paho without an MQTT sink). Anything the cache cannot answer, an unknown type or one its
+plugin no longer registers, loads every plugin, as without a cache.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
@@ -30,64 +38,162 @@ class PluginInfo:
     warning: str | None = None
 
 
+class _LazyTypes(Mapping[str, "type[Component]"]):
+    """Component types by name, importing the plugin of a type when it is asked for."""
+
+    def __init__(self, registry: Registry, index: dict[str, EntryPoint]):
+        self.registry = registry
+        self.index = index
+        self.loaded: dict[str, type[Component]] = {}
+
+    def __getitem__(self, name: str) -> type[Component]:
+        if name not in self.loaded and name in self.index:
+            self.registry.load_plugin(self.index[name])
+        if name not in self.loaded:
+            self.registry.load_all()
+        return self.loaded[name]
+
+    def __setitem__(self, name: str, cls: type[Component]) -> None:
+        self.loaded[name] = cls
+
+    def __contains__(self, name: object) -> bool:
+        try:
+            self[name]  # type: ignore[index]
+        except KeyError:
+            return False
+        return True
+
+    def __iter__(self) -> Iterator[str]:
+        self.registry.load_all()
+        return iter(dict(self.loaded))
+
+    def __len__(self) -> int:
+        self.registry.load_all()
+        return len(self.loaded)
+
+
 @dataclass
 class Registry:
     """Component types by kind and type name, DBC files, and what each plugin did."""
 
-    types: dict[str, type[Component]] = field(default_factory=dict)
+    types: dict[str, type[Component]] | _LazyTypes = field(default_factory=dict)
     dbc_files: list[Path] = field(default_factory=list)
     plugins: list[PluginInfo] = field(default_factory=list)
     owner: dict[str, str] = field(default_factory=dict)
+    entry_points: list[EntryPoint] = field(default_factory=list)
+    loaded_plugins: set[str] = field(default_factory=set)
 
     @property
     def broken(self) -> list[PluginInfo]:
         return [p for p in self.plugins if p.error]
+
+    def load_plugin(self, ep: EntryPoint) -> None:
+        """Import and register one entry point's plugin, once."""
+        if ep.name in self.loaded_plugins:
+            return
+        self.loaded_plugins.add(ep.name)
+        try:
+            module = ep.load()
+        except Exception as exc:
+            _report(self, ep.name, ep.value, _dist_version(ep), f"failed to import: {exc!r}")
+            return
+        _register(self, ep.name, ep.value, _dist_version(ep), module)
+
+    def load_all(self) -> None:
+        """Every plugin not loaded yet; then the cache is written for the next start."""
+        if all(ep.name in self.loaded_plugins for ep in self.entry_points):
+            return
+        for ep in self.entry_points:
+            self.load_plugin(ep)
+        _write_cache(self)
 
 
 def _dist_version(ep: EntryPoint) -> str:
     return ep.dist.version if ep.dist is not None else "?"
 
 
-def load_registry(extra_modules: tuple[ModuleType, ...] = ()) -> Registry:
-    """Load every plugin of the entry-point group (and `extra_modules`, for tests)."""
-    registry = Registry()
-    candidates: list[tuple[str, str, str, object]] = []
-    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
-        try:
-            module = ep.load()
-        except Exception as exc:
-            _report(registry, ep.name, ep.value, _dist_version(ep), f"failed to import: {exc!r}")
-            continue
-        candidates.append((ep.name, ep.value, _dist_version(ep), module))
+def load_registry(extra_modules: tuple[ModuleType, ...] = (), *, lazy: bool = False
+                  ) -> Registry:
+    """Every plugin of the entry-point group (and `extra_modules`, for tests); with `lazy`,
+    each when one of its types is first asked for, where the cache knows which it is."""
+    registry = Registry(entry_points=sorted(entry_points(group=ENTRY_POINT_GROUP),
+                                            key=lambda e: e.name))
+    index = _cached_index(registry.entry_points) if lazy else None
+    if index is None:
+        registry.load_all()
+    else:
+        registry.types = _LazyTypes(registry, index)
     for module in extra_modules:
-        candidates.append((module.__name__, module.__name__, "test", module))
-
-    for name, module_name, version, module in candidates:
-        pm = pluggy.PluginManager(PROJECT)
-        pm.add_hookspecs(Hooks)
-        try:
-            pm.register(module, name=name)
-            types = [t for batch in pm.hook.canbridge_component_types() for t in batch]
-            dbcs = [Path(p) for batch in pm.hook.canbridge_dbc_files() for p in batch]
-            for cls in types:
-                _check_type(cls)
-                if cls.type_name in registry.types and registry.owner[cls.type_name] != name:
-                    raise ValueError(f"component type {cls.type_name!r} is already registered "
-                                     f"by plugin {registry.owner[cls.type_name]!r}")
-        except Exception as exc:
-            _report(registry, name, module_name, version, f"failed to register: {exc}")
-            continue
-        for cls in types:
-            registry.types[cls.type_name] = cls
-            registry.owner[cls.type_name] = name
-        registry.dbc_files.extend(dbcs)
-        warning = None
-        if not types and not dbcs:
-            warning = ("registers nothing: is @canbridge.hookimpl missing, or a hook name "
-                       "misspelt? (canbridge_component_types, canbridge_dbc_files)")
-            log.warning("plugin %r (%s) %s", name, module_name, warning)
-        registry.plugins.append(PluginInfo(name, module_name, version, warning=warning))
+        _register(registry, module.__name__, module.__name__, "test", module)
     return registry
+
+
+def _register(registry: Registry, name: str, module_name: str, version: str,
+              module: object) -> None:
+    pm = pluggy.PluginManager(PROJECT)
+    pm.add_hookspecs(Hooks)
+    try:
+        pm.register(module, name=name)
+        types = [t for batch in pm.hook.canbridge_component_types() for t in batch]
+        dbcs = [Path(p) for batch in pm.hook.canbridge_dbc_files() for p in batch]
+        for cls in types:
+            _check_type(cls)
+            if cls.type_name in registry.owner and registry.owner[cls.type_name] != name:
+                raise ValueError(f"component type {cls.type_name!r} is already registered "
+                                 f"by plugin {registry.owner[cls.type_name]!r}")
+    except Exception as exc:
+        _report(registry, name, module_name, version, f"failed to register: {exc}")
+        return
+    for cls in types:
+        registry.types[cls.type_name] = cls
+        registry.owner[cls.type_name] = name
+    registry.dbc_files.extend(dbcs)
+    warning = None
+    if not types and not dbcs:
+        warning = ("registers nothing: is @canbridge.hookimpl missing, or a hook name "
+                   "misspelt? (canbridge_component_types, canbridge_dbc_files)")
+        log.warning("plugin %r (%s) %s", name, module_name, warning)
+    registry.plugins.append(PluginInfo(name, module_name, version, warning=warning))
+
+
+def cache_file() -> Path:
+    """Where the plugin index is kept: systemd's CacheDirectory for the service, else the
+    user's cache folder."""
+    base = (os.environ.get("CACHE_DIRECTORY") or os.environ.get("XDG_CACHE_HOME")
+            or str(Path.home() / ".cache"))
+    return Path(base.split(":")[0]) / "canbridge" / "plugins.json"
+
+
+def _signature(eps: list[EntryPoint]) -> list[list[str]]:
+    return [[ep.name, ep.value, _dist_version(ep)] for ep in eps]
+
+
+def _cached_index(eps: list[EntryPoint]) -> dict[str, EntryPoint] | None:
+    """Type name -> the entry point that provides it, if the cache is of these plugins."""
+    try:
+        cache = json.loads(cache_file().read_text(encoding="utf-8"))
+        if cache["plugins"] != _signature(eps):
+            return None
+        by_name = {ep.name: ep for ep in eps}
+        return {type_name: by_name[plugin] for type_name, plugin in cache["types"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _write_cache(registry: Registry) -> None:
+    """A cache: failing to write it costs the next start its imports, nothing else."""
+    if registry.broken:
+        return  # a broken plugin is tried again at the next start
+    owners = {t: p for t, p in registry.owner.items() if p in registry.loaded_plugins}
+    doc = {"plugins": _signature(registry.entry_points), "types": owners}
+    path = cache_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(doc), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.debug("plugin cache %s not written: %s", path, exc)
 
 
 def _check_type(cls: object) -> None:

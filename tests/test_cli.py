@@ -6,11 +6,13 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
-from conftest import REPO, canbridge_cmd, run_canbridge, subprocess_env, write_capture
+from conftest import REPO, SAMPLE, canbridge_cmd, run_canbridge, subprocess_env, write_capture
 
 T0 = 1745512155.0
 
@@ -267,3 +269,55 @@ def test_a_plugin_that_registers_nothing_is_a_warning(tmp_path: Path) -> None:
     assert result.returncode == 0
     assert ("empty_plugin (empty_plugin test) WARNING: registers nothing: is "
             "@canbridge.hookimpl missing, or a hook name misspelt?") in result.stdout
+
+
+LAZY_PIPELINE = """\
+[buses.battery]
+interface = "replay"
+path = "{sample}"
+[buses.inverter]
+interface = "virtual"
+channel = "lazy-{channel}"
+[sources.lynk]
+type = "discover-lynk2"
+bus = "battery"
+[sinks.inverter]
+type = "pylontech"
+inputs = ["lynk"]
+bus = "inverter"
+"""
+IMPORTED = """\
+import sys
+from canbridge.cli import _load
+assert _load(sys.argv[1]) is not None
+print(" ".join(sorted(m for m in sys.modules if m.startswith(("paho", "canbridge_plugins.")))))
+"""
+
+
+def imported_by_load(pipeline: Path, cache: Path) -> set[str]:
+    env = {key: value for key, value in os.environ.items() if key != "CACHE_DIRECTORY"}
+    env["XDG_CACHE_HOME"] = str(cache)
+    done = subprocess.run([sys.executable, "-c", IMPORTED, str(pipeline)], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return set(done.stdout.split())
+
+
+def test_plugins_the_pipeline_does_not_name_are_not_imported(tmp_path: Path) -> None:
+    pipeline = tmp_path / "p.toml"
+    pipeline.write_text(LAZY_PIPELINE.format(sample=SAMPLE, channel=uuid.uuid4()))
+    cache = tmp_path / "cache"
+    first = imported_by_load(pipeline, cache)  # no cache yet: every plugin, then the cache
+    assert {"canbridge_plugins.web.sink", "paho.mqtt.client"} <= first
+    assert (cache / "canbridge" / "plugins.json").is_file()
+
+    second = imported_by_load(pipeline, cache)
+    assert {"canbridge_plugins.discover_lynk2", "canbridge_plugins.pylontech"} <= second
+    assert not {m for m in second if m.startswith("paho")}, second
+    assert "canbridge_plugins.web" not in second and "canbridge_plugins.mqtt" not in second
+
+    # A cache that no longer tells the truth costs the imports, never the answer.
+    index = json.loads((cache / "canbridge" / "plugins.json").read_text())
+    index["types"] = {"pylontech": "web"}
+    (cache / "canbridge" / "plugins.json").write_text(json.dumps(index))
+    assert "paho.mqtt.client" in imported_by_load(pipeline, cache)

@@ -161,6 +161,7 @@ def test_a_first_install_writes_every_file(root: Path) -> None:
         "Service.ProtectSystem": ["strict"],
         "Service.ReadWritePaths": ["/var/lib/canbridge /var/log/canbridge"],
         "Service.RuntimeDirectory": ["canbridge"],
+        "Service.CacheDirectory": ["canbridge"],
         "Service.RestrictAddressFamilies": ["AF_UNIX AF_INET AF_INET6 AF_CAN AF_NETLINK"],
         "Service.ExecStartPre": [
             "/opt/canbridge/venv/bin/canbridge validate /etc/canbridge/pipeline.toml"],
