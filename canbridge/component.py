@@ -140,6 +140,16 @@ class Component:
         options, defaults filled in), once the whole file is read."""
         return ()
 
+    @staticmethod
+    def bitrate_warnings(option: str, bus_name: str, bus: Mapping[str, Any], expected: int,
+                         who_talks: str) -> Iterable[OptionError]:
+        """For `check_bus`: a warning when the bus is set to another bit rate than the one
+        the device on it uses (some setups differ, so never an error)."""
+        bitrate = bus.get("bitrate")
+        if bitrate is not None and bitrate != expected:
+            yield OptionError(option, f"bus {bus_name!r} runs at {bitrate} bit/s; "
+                              f"{who_talks} at {expected}", warning=True)
+
     def start(self) -> None:
         """Called once on the engine thread before the first event; set timers here."""
 

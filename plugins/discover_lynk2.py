@@ -73,11 +73,8 @@ class DiscoverLynk2(FrameSource):
     @classmethod
     def check_bus(cls, config: Mapping[str, Any], option: str, bus: Mapping[str, Any]
                   ) -> Iterable[OptionError]:
-        bitrate = bus.get("bitrate")
-        if bitrate is not None and bitrate != BITRATE:
-            yield OptionError("bus", f"bus {config['bus']!r} runs at {bitrate} bit/s; the "
-                              f"LYNK II's Discover Serial CAN profile talks at {BITRATE}",
-                              warning=True)
+        return cls.bitrate_warnings(option, config[option], bus, BITRATE,
+                                    "the LYNK II's Discover Serial CAN profile talks")
 
     def __init__(self, name: str, config: Mapping[str, Any], context: Context):
         super().__init__(name, config, context)

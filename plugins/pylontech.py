@@ -117,10 +117,8 @@ class PylontechSink(InverterSink):
     @classmethod
     def check_bus(cls, config: Mapping[str, Any], option: str, bus: Mapping[str, Any]
                   ) -> Iterable[OptionError]:
-        bitrate = bus.get("bitrate")
-        if bitrate is not None and bitrate != BITRATE:
-            yield OptionError("bus", f"bus {config['bus']!r} runs at {bitrate} bit/s; "
-                              f"Pylontech inverters talk at {BITRATE}", warning=True)
+        return cls.bitrate_warnings(option, config[option], bus, BITRATE,
+                                    "Pylontech inverters talk")
 
     def __init__(self, name: str, config: Mapping[str, Any], context: Context):
         super().__init__(name, config, context)
