@@ -83,6 +83,7 @@ def main() -> None:
     configs: dict[str, tuple[dict[str, str] | None, Path]] = {
         "this tree": (None, benchlib.PRODUCTION)}
     if args.baseline is not None:
+        benchlib.compile_tree(args.baseline.resolve())
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(args.baseline.resolve()),
                                                           env.get("PYTHONPATH")]))

@@ -9,20 +9,24 @@ waits for the first recorded frame and stops the child. The figure is the record
 time of that frame minus the time just before the spawn: interpreter start, imports,
 configuration, opening buses, the first battery data and the first burst. Also printed:
 the time to canbridge's "starting pipeline" log line (everything before the first frame
-can arrive). Target: <= 1.0 s.
+can arrive). The first run starts with an empty cache folder (no plugin index, no DBC
+layouts: the first start after an install or an upgrade) and is printed on its own; the
+median is of the runs after it, as every later start of an installed bridge. canbridge's
+modules are byte-compiled first, as `pip install` leaves them. Target: <= 0.10 s.
 """
 
 from __future__ import annotations
 
 import argparse
 import re
+import shutil
 import time
 from datetime import datetime
 
 import benchlib
 import lynk2_day
 
-TARGET_SECS = 1.0
+TARGET_SECS = 0.10
 WAIT_SECS = 10.0
 
 
@@ -54,13 +58,16 @@ def main() -> None:
     capture = lynk2_day.ensure(benchlib.DATA / "lynk2-day.log")
     print(f"start-up; {benchlib.machine()}")
     firsts, readies = [], []
+    shutil.rmtree(benchlib.CACHE, ignore_errors=True)
     with benchlib.Mosquitto(benchlib.DATA / "broker-startup") as broker:
-        for index in range(args.runs):
+        for index in range(args.runs + 1):
             first, ready = one_run(index, capture, broker.port)
-            firsts.append(first)
-            readies.append(ready)
-            print(f"  run {index + 1}: first Pylontech frame {first:.3f} s after spawn "
+            label = "cold caches" if index == 0 else f"run {index}"
+            print(f"  {label}: first Pylontech frame {first:.3f} s after spawn "
                   f"(pipeline starting at {ready:.3f} s)")
+            if index:
+                firsts.append(first)
+                readies.append(ready)
     first, ready = benchlib.median(firsts), benchlib.median(readies)
     print(f"median of {args.runs}: first frame {first:.3f} s, pipeline starting at {ready:.3f} s")
     print(f"target: first frame <= {TARGET_SECS:g} s "

@@ -228,7 +228,7 @@ def _plugins(args: argparse.Namespace) -> int:
 def _dbc(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from canbridge.databases import dbc_problem, load_dbc
+    from canbridge.databases import dbc_problem, load_dbc, parse_dbc
     from canbridge.dbcshow import describe_database
 
     registry = load_registry()
@@ -257,7 +257,7 @@ def _dbc(args: argparse.Namespace) -> int:
     if problem is not None:
         print(f"canbridge dbc: {problem}", file=sys.stderr)
         return EXIT_CONFIG
-    print(describe_database(load_dbc(path)))
+    print(describe_database(parse_dbc(path)))
     return EXIT_OK
 
 

@@ -4,6 +4,11 @@ Live pipelines run on the monotonic clock. A replay at full speed runs on the ca
 own timestamps: the engine moves the clock forward frame by frame and fires every timer that
 falls due on the way, so a day of data replays in seconds with timers behaving as live.
 Plugins never call `time.time()` or `time.sleep()`; they ask the clock.
+
+A timer whose moment does not matter to the second (a web snapshot, an MQTT state, a data-log
+row) is given `slack`: live, it runs at the first wake-up after it is due (a frame, the
+Pylontech burst) and wakes the engine itself only once its slack is used up, as the kernel's
+timer slack does. An idle Pi then wakes once per burst, not once per timer.
 """
 
 from __future__ import annotations
@@ -14,13 +19,19 @@ import math
 import time
 from collections.abc import Callable
 
+SIDE_SLACK_SECS = 1.0
+"""The slack of side features' timers (web, MQTT, data log, console): a second late is
+nothing to them, and their wake-ups then ride on the inverter's bursts."""
+
 
 class Timer:
     """A scheduled callback; `cancel()` it to stop it firing."""
 
-    __slots__ = ("callback", "cancelled", "count", "due", "first", "period")
+    __slots__ = ("callback", "cancelled", "count", "due", "first", "period", "slack")
 
-    def __init__(self, due: float, period: float | None, callback: Callable[[], None]):
+    def __init__(self, due: float, period: float | None, callback: Callable[[], None],
+                 slack: float = 0.0):
+        self.slack = slack
         self.first = due
         self.count = 0  # calls so far: the next is due at first + count·period, no float drift
         self.due = due
@@ -57,8 +68,9 @@ class Clock:
         return at if self.virtual else at - time.monotonic() + time.time()
 
     def every(self, period: float, callback: Callable[[], None],
-              first: float | None = None) -> Timer:
-        """Call `callback` every `period` seconds, first after `first` (default one period).
+              first: float | None = None, *, slack: float = 0.0) -> Timer:
+        """Call `callback` every `period` seconds, first after `first` (default one period);
+        live, each call may come up to `slack` seconds late, to share a wake-up.
 
         Fixed rate: the n-th call is due at start + first + (n-1)·period, without drift. On
         the live clock, calls missed while the engine was held up are skipped rather than
@@ -68,7 +80,7 @@ class Clock:
         if period <= 0:
             raise ValueError("timer period must be positive")
         return self._push(Timer(self.now() + (period if first is None else first),
-                                period, callback))
+                                period, callback, slack))
 
     def after(self, delay: float, callback: Callable[[], None]) -> Timer:
         """Call `callback` once, `delay` seconds from now."""
@@ -82,6 +94,12 @@ class Clock:
         while self._timers and self._timers[0][2].cancelled:
             heapq.heappop(self._timers)
         return self._timers[0][0] if self._timers else None
+
+    def wake_by(self) -> float | None:
+        """When a live engine must wake at the latest for its timers: the earliest due time
+        plus that timer's slack."""
+        wakes = [due + timer.slack for due, _, timer in self._timers if not timer.cancelled]
+        return min(wakes) if wakes else None
 
     def pop_due(self, until: float) -> tuple[float, Timer] | None:
         """The next timer due at or before `until` and its due time, or None.

@@ -1,5 +1,6 @@
-"""One compiled DBC codec for every plugin: a cantools message, read once, becomes a decoder
-(raw bits to physical values) and an encoder (physical values to bits).
+"""One compiled DBC codec for every plugin: a DBC message (a cached layout or a cantools
+message), read once, becomes a decoder (raw bits to physical values) and an encoder
+(physical values to bits).
 
 - `Decoder`: scale and offset as the DBC says, each value rounded to the decimals of its
   scale (55.9, not 55.900000000000006), a value outside the DBC's min/max refused with the
@@ -22,10 +23,14 @@ from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from cantools.database import DecodeError
+from canbridge.databases import MessageLayout
 
 if TYPE_CHECKING:
-    from cantools.database.can import Message, Signal
+    from cantools.database.can import Message as CantoolsMessage
+
+    from canbridge.databases import SignalLayout as Signal
+
+    Message = MessageLayout | CantoolsMessage
 
 EPSILON = 1e-6
 """In raw steps: float noise such as 55.9 / 0.1 = 558.9999999 never costs a whole step."""
@@ -71,6 +76,11 @@ def _checked_range(signal: Signal) -> tuple[float, float] | None:
     return None
 
 
+def cantools_message(message: Message) -> CantoolsMessage:
+    """cantools' own message, for what the generated code does not do."""
+    return message.cantools() if isinstance(message, MessageLayout) else message
+
+
 def compiled(message: Message) -> bool:
     """Whether the fast, generated path serves `message`."""
     return not message.is_multiplexed() and not message.is_container and all(
@@ -109,7 +119,9 @@ class Decoder:
         return named
 
     def _with_cantools(self) -> Callable[[bytes | bytearray], dict[str, Any]]:
-        message = self.message
+        from cantools.database import DecodeError
+
+        message = cantools_message(self.message)
         rounding = [(s.name, decimals(s.scale)) for s in message.signals
                     if not s.is_float and not float(s.scale).is_integer()]
         checks = [(s.name, *bounds) for s in message.signals
@@ -250,7 +262,8 @@ class Encoder:
                 bits |= (raws[field.name] & field.mask) << field.shift
             data = bits.to_bytes(self.length, "little")
         else:
-            data = bytes(self.message.encode(raws, scaling=False, strict=False))
+            data = bytes(cantools_message(self.message).encode(raws, scaling=False,
+                                                               strict=False))
         self._last = (inputs, data, tuple(out_of_range))
         clamped.extend(out_of_range)
         return data

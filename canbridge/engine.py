@@ -313,7 +313,7 @@ class Engine:
             now = clock.now()
             if end is not None and now >= end:
                 break
-            due = clock.next_due()
+            due = clock.wake_by()
             timeout = HOUSEKEEPING_SECS if due is None else min(max(due - now, 0.0),
                                                                 HOUSEKEEPING_SECS)
             if end is not None:
@@ -473,6 +473,10 @@ class Engine:
     def _shutdown(self) -> None:
         if self.notifier is not None:
             self.notifier.stopping()
+        # Readers end within their receive timeout while the components stop, not after:
+        # a SIGTERM stops well within its 2 s. Sending still works until the buses close.
+        for bus in self.buses.values():
+            bus.stop_reader()
         for name, component in self.components.items():
             try:
                 component.stop()
@@ -481,8 +485,6 @@ class Engine:
         if not writer.flush(timeout=5.0):
             log.error("state files still being written at stop (a stalled disk?)")
         self._write_status("stopped", now=True)
-        for bus in self.buses.values():
-            bus.stop_reader()  # all at once, so closing takes one reader timeout, not one each
         for bus in self.buses.values():
             bus.close()
         log.info("stopped: %d frames in, %d updates, %d component errors", self.frames,

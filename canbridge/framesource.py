@@ -19,7 +19,8 @@ from canbridge.signals import Update, Value
 
 if TYPE_CHECKING:
     import can
-    from cantools.database.can import Message
+
+    from canbridge.codec import Message
 
 Values = dict[str, Value]
 Convert = Callable[[dict[str, Any]], "Values | None"]

@@ -8,11 +8,21 @@ writes there degrades and says so at run time.
 
 from __future__ import annotations
 
+import os
 import re
 import tempfile
 from pathlib import Path
 
 SERVICE_UNIT = Path("/etc/systemd/system/canbridge.service")
+
+
+def cache_dir() -> Path:
+    """canbridge's cache folder (plugin index, DBC layouts): systemd's CacheDirectory for the
+    service, else the user's cache folder. Anything in it can be deleted at any time."""
+    service = os.environ.get("CACHE_DIRECTORY")
+    if service:
+        return Path(service.split(":")[0])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "canbridge"
 
 
 def location_problem(path: Path) -> str | None:

@@ -24,6 +24,8 @@ import pluggy
 
 from canbridge.component import Component
 from canbridge.hooks import PROJECT, Hooks
+from canbridge.locations import cache_dir
+from canbridge.versions import dist_version
 
 ENTRY_POINT_GROUP = "canbridge.plugins"
 log = logging.getLogger("canbridge.plugins")
@@ -95,9 +97,9 @@ class Registry:
         try:
             module = ep.load()
         except Exception as exc:
-            _report(self, ep.name, ep.value, _dist_version(ep), f"failed to import: {exc!r}")
+            _report(self, ep.name, ep.value, dist_version(ep.dist), f"failed to import: {exc!r}")
             return
-        _register(self, ep.name, ep.value, _dist_version(ep), module)
+        _register(self, ep.name, ep.value, dist_version(ep.dist), module)
 
     def load_all(self) -> None:
         """Every plugin not loaded yet; then the cache is written for the next start."""
@@ -106,10 +108,6 @@ class Registry:
         for ep in self.entry_points:
             self.load_plugin(ep)
         _write_cache(self)
-
-
-def _dist_version(ep: EntryPoint) -> str:
-    return ep.dist.version if ep.dist is not None else "?"
 
 
 def load_registry(extra_modules: tuple[ModuleType, ...] = (), *, lazy: bool = False
@@ -157,15 +155,12 @@ def _register(registry: Registry, name: str, module_name: str, version: str,
 
 
 def cache_file() -> Path:
-    """Where the plugin index is kept: systemd's CacheDirectory for the service, else the
-    user's cache folder."""
-    base = (os.environ.get("CACHE_DIRECTORY") or os.environ.get("XDG_CACHE_HOME")
-            or str(Path.home() / ".cache"))
-    return Path(base.split(":")[0]) / "canbridge" / "plugins.json"
+    """Where the plugin index is kept."""
+    return cache_dir() / "plugins.json"
 
 
 def _signature(eps: list[EntryPoint]) -> list[list[str]]:
-    return [[ep.name, ep.value, _dist_version(ep)] for ep in eps]
+    return [[ep.name, ep.value, dist_version(ep.dist)] for ep in eps]
 
 
 def _cached_index(eps: list[EntryPoint]) -> dict[str, EntryPoint] | None:

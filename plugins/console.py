@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, TextIO
 
 from canbridge import Flag, LatestValues, ListOf, Number, Option, Sink, Text, Update, hookimpl
+from canbridge.clock import SIDE_SLACK_SECS
 from canbridge.schema import OptionError
 from canbridge.signals import unknown_signal_warnings
 
@@ -43,7 +44,7 @@ class ConsoleSink(Sink):
         self.refreshes = 0
 
     def start(self) -> None:
-        self.clock.every(self.config["every_secs"], self.refresh)
+        self.clock.every(self.config["every_secs"], self.refresh, slack=SIDE_SLACK_SECS)
 
     def on_update(self, update: Update) -> None:
         self.latest.apply(update)

@@ -41,6 +41,7 @@ from canbridge import (
     Update,
     hookimpl,
 )
+from canbridge.clock import SIDE_SLACK_SECS
 from canbridge.dayfiles import TIME_COLUMN, day_file, day_of
 from canbridge.signals import unknown_signal_warnings
 
@@ -269,8 +270,9 @@ class DataLog(Sink):
 
     def start(self) -> None:
         self._writer.start()
-        self.clock.every(self.every_secs, self._write_row)
-        self.clock.every(self.config["flush_every_secs"], self._writer.flush)
+        self.clock.every(self.every_secs, self._write_row, slack=SIDE_SLACK_SECS)
+        self.clock.every(self.config["flush_every_secs"], self._writer.flush,
+                         slack=SIDE_SLACK_SECS)
 
     def on_update(self, update: Update) -> None:
         self.latest.apply(update)

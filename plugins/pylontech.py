@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import can
-import cantools.database
 
 from canbridge import (
     REQUIRED,
@@ -36,7 +35,7 @@ from canbridge import (
     Value,
     hookimpl,
 )
-from canbridge.databases import builtin_dbc, load_dbc
+from canbridge.databases import MessageLayout, builtin_dbc, load_dbc
 from canbridge.safety import (
     INVERTER_OPTIONS,
     Decision,
@@ -270,7 +269,7 @@ class PylontechSink(InverterSink):
         }
 
 
-def burst_messages(voltage_resolution: float) -> list[cantools.database.can.Message]:
+def burst_messages(voltage_resolution: float) -> list[MessageLayout]:
     """The burst's DBC messages in ID order; a layout variant DBC replaces its IDs."""
     messages = {m.frame_id: m for m in load_dbc(builtin_dbc("pylontech")).messages}
     if voltage_resolution == 0.1:

@@ -13,7 +13,7 @@ import pytest
 from canbridge_plugins.balancing.state import SavedState, read_state, write_state
 from conftest import run_canbridge
 
-from canbridge.databases import builtin_dbc, load_dbc
+from canbridge.databases import builtin_dbc, parse_dbc
 
 T0 = 1745512155.0
 HOLD_MINUTES = 35
@@ -33,7 +33,7 @@ def soc_at(second: int) -> int:
 
 def write_day(path: Path, seconds: int) -> list[tuple[float, int]]:
     """The LYNK II frames at 1 Hz; returns the (time, soc) of every 0x355."""
-    db = load_dbc(builtin_dbc("discover_lynk2"))
+    db = parse_dbc(builtin_dbc("discover_lynk2"))
     alarms = db.decode_message(0x35A, ALL_NORMAL_35A, decode_choices=False, scaling=False)
     frames = {
         0x351: lambda s: db.encode_message(0x351, {
@@ -96,7 +96,7 @@ file = "status.json"
 
 
 def recorded_socs(path: Path) -> list[tuple[float, int]]:
-    db = load_dbc(builtin_dbc("pylontech"))
+    db = parse_dbc(builtin_dbc("pylontech"))
     return [(msg.timestamp, db.decode_message(0x355, msg.data)["soc"])
             for msg in can.LogReader(str(path)) if msg.arbitration_id == 0x355]
 

@@ -288,16 +288,20 @@ bus = "inverter"
 """
 IMPORTED = """\
 import sys
-from canbridge.cli import _load
-assert _load(sys.argv[1]) is not None
-print(" ".join(sorted(m for m in sys.modules if m.startswith(("paho", "canbridge_plugins.")))))
+from canbridge.cli import _load, main
+if sys.argv[2] == "run":
+    assert main(["run", sys.argv[1], "--duration", "0.3"]) == 0
+else:
+    assert _load(sys.argv[1]) is not None
+print(" ".join(sorted(m for m in sys.modules
+                      if m.startswith(("paho", "cantools", "canbridge_plugins.")))))
 """
 
 
-def imported_by_load(pipeline: Path, cache: Path) -> set[str]:
+def imported_by_load(pipeline: Path, cache: Path, command: str = "load") -> set[str]:
     env = {key: value for key, value in os.environ.items() if key != "CACHE_DIRECTORY"}
     env["XDG_CACHE_HOME"] = str(cache)
-    done = subprocess.run([sys.executable, "-c", IMPORTED, str(pipeline)], env=env,
+    done = subprocess.run([sys.executable, "-c", IMPORTED, str(pipeline), command], env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     return set(done.stdout.split())
@@ -308,7 +312,8 @@ def test_plugins_the_pipeline_does_not_name_are_not_imported(tmp_path: Path) -> 
     pipeline.write_text(LAZY_PIPELINE.format(sample=SAMPLE, channel=uuid.uuid4()))
     cache = tmp_path / "cache"
     first = imported_by_load(pipeline, cache)  # no cache yet: every plugin, then the cache
-    assert {"canbridge_plugins.web.sink", "paho.mqtt.client"} <= first
+    assert {"canbridge_plugins.web.sink", "canbridge_plugins.mqtt.sink"} <= first
+    assert not {m for m in first if m.startswith("paho")}  # only the MQTT thread imports it
     assert (cache / "canbridge" / "plugins.json").is_file()
 
     second = imported_by_load(pipeline, cache)
@@ -320,4 +325,12 @@ def test_plugins_the_pipeline_does_not_name_are_not_imported(tmp_path: Path) -> 
     index = json.loads((cache / "canbridge" / "plugins.json").read_text())
     index["types"] = {"pylontech": "web"}
     (cache / "canbridge" / "plugins.json").write_text(json.dumps(index))
-    assert "paho.mqtt.client" in imported_by_load(pipeline, cache)
+    assert "canbridge_plugins.mqtt.sink" in imported_by_load(pipeline, cache)
+
+
+def test_a_warm_start_neither_imports_cantools_nor_parses_a_dbc(tmp_path: Path) -> None:
+    pipeline = tmp_path / "p.toml"
+    pipeline.write_text(LAZY_PIPELINE.format(sample=SAMPLE, channel=uuid.uuid4()))
+    cache = tmp_path / "cache"
+    assert "cantools" in imported_by_load(pipeline, cache, "run")  # parses, fills the cache
+    assert not {m for m in imported_by_load(pipeline, cache, "run") if m.startswith("cantools")}

@@ -14,10 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from canbridge import Clock, Update
-from canbridge.databases import builtin_dbc, load_dbc
+from canbridge.databases import builtin_dbc, parse_dbc
 from canbridge.testing import build, capture
 
-DB = load_dbc(builtin_dbc("discover_lynk2"))
+DB = parse_dbc(builtin_dbc("discover_lynk2"))
 T0 = 1000.0
 
 STEADY_35A = bytes.fromhex("ABAAFEAFAAFAFF")

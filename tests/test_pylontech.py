@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from canbridge import Clock, Update
-from canbridge.databases import builtin_dbc, load_dbc
+from canbridge.databases import builtin_dbc, parse_dbc
 from canbridge.testing import build, run_timers, virtual_bus
 
 T0 = 1000.0
@@ -153,7 +153,7 @@ def one_burst(rig: Rig, values: Mapping[str, Any]) -> dict[int, bytes]:
 
 
 def test_the_dbc_has_the_standard_lengths_cycle_times_and_senders():
-    db = load_dbc(builtin_dbc("pylontech"))
+    db = parse_dbc(builtin_dbc("pylontech"))
     assert {m.frame_id: (m.length, m.cycle_time, m.senders) for m in db.messages} == {
         0x351: (8, 1000, ["Battery"]), 0x355: (4, 1000, ["Battery"]),
         0x356: (6, 1000, ["Battery"]), 0x359: (7, 1000, ["Battery"]),
@@ -230,7 +230,7 @@ NUMBERS = [name for name in LYNK_SAMPLE if name != "alarm_report"]
 
 def test_sent_frames_decode_back_to_the_input_with_both_decoders(make_rig):
     rig = make_rig(modules=3, manufacturer="DISCOVER")
-    db = load_dbc(builtin_dbc("pylontech"))
+    db = parse_dbc(builtin_dbc("pylontech"))
 
     @settings(max_examples=150, deadline=None)
     @given(values=finite_values)

@@ -3,7 +3,8 @@
 paho's network thread connects (the broker may boot after the Pi), reconnects with backoff
 forever and runs the callbacks. The engine thread only drops messages into an outbox, where a
 newer payload for a topic replaces one not sent yet, so a slow or absent broker costs the CAN
-path nothing and memory stays bounded. A publisher thread drains the outbox while connected.
+path nothing and memory stays bounded. A publisher thread imports paho and creates its
+client (so neither delays the first inverter frame), then drains the outbox while connected.
 "Sticky" messages (discovery configs, the latest state) are sent again after every
 (re)connection, since a restarted broker may have forgotten them.
 """
@@ -14,10 +15,10 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+if TYPE_CHECKING:
+    from .pahoclient import Client, mqtt
 
 KEEPALIVE_SECS = 30
 RECONNECT_MIN_SECS = 0.5
@@ -62,20 +63,6 @@ class Settings:
         return f"{self.host}:{self.port}"
 
 
-class _Client(mqtt.Client):
-    """paho's client, remembering why the last connection attempt failed (paho's
-    on_connect_fail callback does not say: refused, timed out, certificate rejected...)."""
-
-    last_connect_error: OSError | None = None
-
-    def reconnect(self) -> MQTTErrorCode:
-        try:
-            return super().reconnect()
-        except OSError as exc:
-            self.last_connect_error = exc
-            raise
-
-
 class Link:
     """One MQTT client: availability, an outbox, reconnection and its counters."""
 
@@ -95,14 +82,16 @@ class Link:
         self._stopping = False
         self._last_event: str | None = None
         self._handlers: dict[str, Callable[[bytes], None]] = {}
-        self._client = self._make_client()
+        self._client: Client | None = None  # made by the publisher thread
         self._publisher = threading.Thread(target=self._publish_loop, daemon=True,
                                            name=f"mqtt-{settings.client_id}")
 
-    def _make_client(self) -> _Client:
+    def _make_client(self) -> Client:
+        from .pahoclient import CallbackAPIVersion, Client, mqtt
+
         s = self.settings
-        client = _Client(CallbackAPIVersion.VERSION2, client_id=s.client_id,
-                         protocol=mqtt.MQTTv311, clean_session=True)
+        client = Client(CallbackAPIVersion.VERSION2, client_id=s.client_id,
+                        protocol=mqtt.MQTTv311, clean_session=True)
         client.reconnect_delay_set(RECONNECT_MIN_SECS, RECONNECT_MAX_SECS)
         client.max_queued_messages_set(MAX_QUEUED)
         client.will_set(s.status_topic, "offline", qos=s.qos, retain=True)
@@ -127,8 +116,6 @@ class Link:
 
     def start(self) -> None:
         """Begin connecting in the background; returns at once."""
-        self._client.connect_async(self.settings.host, self.settings.port, KEEPALIVE_SECS)
-        self._client.loop_start()
         self._publisher.start()
 
     def publish(self, topic: str, payload: str, *, retain: bool = False,
@@ -173,21 +160,25 @@ class Link:
             self._cond.notify()
         if self._publisher.is_alive():
             self._publisher.join()
+        client = self._client
+        if client is None:  # stopped before the publisher thread had made it
+            self.state = "disconnected"
+            return
         if self._connected:
             with self._cond:
                 batch = self._take()
             for message in batch:
-                self._send(message)
-            info = self._client.publish(self.settings.status_topic, "offline",
+                self._send(client, message)
+            info = client.publish(self.settings.status_topic, "offline",
                                         qos=self.settings.qos, retain=True)
             try:
                 info.wait_for_publish(CLOSE_TIMEOUT_SECS)
             except (RuntimeError, ValueError) as exc:
                 self._error(f"could not publish offline: {exc}")
-        self._client.disconnect()
+        client.disconnect()
         # paho's thread may sit in a connect attempt for its whole timeout; the pipeline
         # must still stop within its 2 s, and the thread is a daemon that dies with us.
-        stopper = threading.Thread(target=self._client.loop_stop, name="mqtt-stop",
+        stopper = threading.Thread(target=client.loop_stop, name="mqtt-stop",
                                    daemon=True)
         stopper.start()
         stopper.join(STOP_TIMEOUT_SECS)
@@ -202,6 +193,13 @@ class Link:
     # -- publisher thread -----------------------------------------------------------------
 
     def _publish_loop(self) -> None:
+        client = self._make_client()
+        with self._cond:
+            self._client = client
+            if self._stopping:
+                return
+        client.connect_async(self.settings.host, self.settings.port, KEEPALIVE_SECS)
+        client.loop_start()
         while True:
             with self._cond:
                 self._cond.wait_for(
@@ -210,7 +208,7 @@ class Link:
                     return
                 batch = self._take()
             for message in batch:
-                self._send(message)
+                self._send(client, message)
 
     def _take(self) -> list[Message]:
         """Everything pending, retained messages (availability, discovery) before data."""
@@ -219,9 +217,11 @@ class Link:
         self._kept = 0
         return batch
 
-    def _send(self, message: Message) -> None:
+    def _send(self, client: Client, message: Message) -> None:
+        from .pahoclient import MQTTErrorCode, mqtt
+
         qos = self.settings.qos
-        rc = self._client.publish(message.topic, message.payload, qos=qos,
+        rc = client.publish(message.topic, message.payload, qos=qos,
                                   retain=message.retain).rc
         if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
             return
@@ -254,8 +254,8 @@ class Link:
             self._cond.notify_all()
         self._event("connected", logging.INFO, "connected to MQTT broker %s", address)
 
-    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
-        reason = self._client.last_connect_error or "no reason given"
+    def _on_connect_fail(self, client: Client, userdata: Any) -> None:
+        reason = client.last_connect_error or "no reason given"
         address = self.settings.address
         self._error(f"cannot reach broker {address}: {reason}")
         self._event(f"unreachable {reason}", logging.WARNING,

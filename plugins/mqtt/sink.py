@@ -33,6 +33,7 @@ from canbridge import (
     Update,
     Value,
 )
+from canbridge.clock import SIDE_SLACK_SECS
 from canbridge.controls import Control
 
 from .homeassistant import control_config, device_block, discovery_config
@@ -178,7 +179,8 @@ class MqttSink(Sink):
         if cfg["password"] is not None:
             self.log.warning("%s: password is written in the pipeline file; prefer "
                              "password_file", self.name)
-        self._timer = self.clock.every(cfg["publish_every_secs"], self.publish_state)
+        self._timer = self.clock.every(cfg["publish_every_secs"], self.publish_state,
+                                      slack=SIDE_SLACK_SECS)
         self._set_up()
 
     def _set_up(self) -> None:

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import json
 import math
+import selectors
+import socket
+import socketserver
 import threading
 from collections.abc import Iterable, Mapping
 from datetime import datetime
@@ -33,6 +36,7 @@ from canbridge import (
     Timer,
     Update,
 )
+from canbridge.clock import SIDE_SLACK_SECS
 from canbridge.logs import recent_events
 
 from .history import History
@@ -120,14 +124,16 @@ class WebSink(Sink):
         self._thread.start()
         self.log.info("%s: the page is at %s", self.name, self.listening)
         self._refresh()
-        self._timers = [self.clock.every(1.0, self._refresh),
-                        self.clock.every(60.0, self._chart_point)]
+        self._timers = [self.clock.every(1.0, self._refresh, slack=SIDE_SLACK_SECS),
+                        self.clock.every(60.0, self._chart_point, slack=SIDE_SLACK_SECS)]
 
     def stop(self) -> None:
         for timer in self._timers:
             timer.cancel()
         if self._server is not None:
-            self._server.shutdown()
+            self._server.wake()
+            if self._thread is not None:
+                self._thread.join()
             self._server.server_close()
 
     def on_update(self, update: Update) -> None:
@@ -169,7 +175,7 @@ class WebSink(Sink):
             count = self.history.refill(FilePath(path), datetime.now().astimezone())
             self.log.info("%s: %d chart points from %s", self.name, count, path)
         assert self._server is not None
-        self._server.serve_forever(poll_interval=0.5)
+        self._server.serve_until_woken()
 
     def status(self) -> dict[str, Any]:
         return {"state": "ok" if self.listening else "error", "errors": self.errors,
@@ -183,7 +189,34 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], sink: WebSink):
         self.sink = sink
         self.slots = threading.BoundedSemaphore(sink.config["max_clients"])
+        self._wake_r, self._wake_w = socket.socketpair()
         super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        """HTTPServer's own would look the host up in DNS (`getfqdn`): seconds on a Pi that
+        boots without a network, before the inverter's first frame."""
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = str(self.server_address[0]), self.server_address[1]
+
+    def serve_until_woken(self) -> None:
+        """Serve until `wake()`, asleep between requests (serve_forever polls twice a
+        second: wake-ups an idle Pi does not need)."""
+        with selectors.DefaultSelector() as selector:
+            selector.register(self, selectors.EVENT_READ)
+            selector.register(self._wake_r, selectors.EVENT_READ)
+            while True:
+                ready = selector.select()
+                if any(key.fileobj is self._wake_r for key, _ in ready):
+                    return
+                self.handle_request()
+
+    def wake(self) -> None:
+        self._wake_w.send(b"\0")
+
+    def server_close(self) -> None:
+        super().server_close()
+        self._wake_r.close()
+        self._wake_w.close()
 
 
 class _Handler(BaseHTTPRequestHandler):
