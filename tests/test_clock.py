@@ -42,3 +42,19 @@ def test_a_live_timer_skips_missed_calls_instead_of_bursting() -> None:
     # The next call is on the original grid, after now.
     assert timer.due > clock.now()
     assert abs((timer.due - timer.first) / 0.01 - round((timer.due - timer.first) / 0.01)) < 1e-6
+
+
+def test_a_timer_with_slack_rides_on_another_wake_up() -> None:
+    clock = Clock(virtual=True, start=0.0)
+    fired: list[tuple[str, float]] = []
+    clock.every(1.0, lambda: fired.append(("burst", clock.now())))
+    clock.every(1.0, lambda: fired.append(("web", clock.now())), first=0.3, slack=1.0)
+    assert clock.next_due() == 0.3  # a replay still runs it on time
+    assert clock.wake_by() == 1.0  # live, nothing wakes the engine before the burst
+    clock.run_due(1.0, lambda timer, exc: None)
+    assert fired == [("web", 0.3), ("burst", 1.0)]
+    assert clock.wake_by() == 2.0
+
+    alone = Clock(virtual=True, start=0.0)
+    alone.every(5.0, lambda: None, slack=1.0)
+    assert alone.wake_by() == 6.0  # with nothing else to ride on, it wakes by its slack

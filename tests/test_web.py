@@ -251,3 +251,23 @@ def test_the_snapshot_is_rebuilt_each_second_only_while_someone_reads_it() -> No
         assert soc_shown() == 51  # still refreshed now and then: a first read is not old
     finally:
         sink.stop()
+
+
+def test_the_server_starts_without_a_dns_lookup_and_stops_at_once(monkeypatch) -> None:
+    """HTTPServer looks its host up (getfqdn): seconds on a Pi booting without a network,
+    before the inverter's first frame. And it must not poll to notice a stop."""
+    lookups: list[str] = []
+    monkeypatch.setattr(socket, "getfqdn", lambda name="": lookups.append(name) or name)
+    sink = build(WebSink, {"inputs": ["lynk"], "listen": "127.0.0.1:0"},
+                 clock=Clock(virtual=True, start=1745512155.0))
+    sink.start()
+    try:
+        port = int(sink.listening.rsplit(":", 1)[1].rstrip("/"))
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        connection.request("GET", "/api/state")
+        assert connection.getresponse().status == 200
+        connection.close()
+    finally:
+        sink.stop()
+    assert lookups == []
+    assert sink._thread is not None and not sink._thread.is_alive()  # stop() waited for it
