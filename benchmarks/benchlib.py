@@ -113,7 +113,8 @@ class Child:
     """`canbridge run` in a child process (through SPAWNER), its output in `log`."""
 
     def __init__(self, pipeline: Path, *args: str, log: Path,
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, prefix: Sequence[str] = ()):
+        """`prefix`: a command that execs the rest (`taskset -c 0`, `nice -n 5`)."""
         self.log = log
         compile_tree(BENCH.parent)
         env = dict(os.environ if env is None else env)
@@ -125,7 +126,7 @@ class Child:
             self.started = time.time()
             self._started_monotonic = time.monotonic()
             self.process = subprocess.Popen(
-                [sys.executable, "-S", "-c", SPAWNER, str(self._usage),
+                [*prefix, sys.executable, "-S", "-c", SPAWNER, str(self._usage),
                  *canbridge_command(pipeline, *args)], stdout=out, stderr=out, env=env,
                 cwd=log.parent)
         self._pid: int | None = None

@@ -18,7 +18,8 @@ seconds (default 60):
   work: connecting to the broker, announcing every signal to Home Assistant).
 - Start-up: from spawning `canbridge run` to the first Pylontech frame recorded.
 
-Targets: CPU <= 0.5 %, RSS <= 40 MB, jitter p50/p99 <= 2/10 ms, delay p50/p99 <= 1/5 ms.
+Targets: CPU <= 0.12 % (the performance issue; 0.5 % before it), RSS <= 40 MB, jitter
+p50/p99 <= 2/10 ms, delay p50/p99 <= 1/5 ms, first frame <= 0.10 s.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ import lynk2_day
 
 WARMUP_SECS = 5.0
 PERIOD = 1.0
-TARGETS = {"cpu_pct": 0.5, "peak_rss_mb": 40.0, "jitter_p50_ms": 2.0, "jitter_p99_ms": 10.0,
-           "delay_p50_ms": 1.0, "delay_p99_ms": 5.0, "startup_s": 1.0}
+TARGETS = {"cpu_pct": 0.12, "peak_rss_mb": 40.0, "jitter_p50_ms": 2.0, "jitter_p99_ms": 10.0,
+           "delay_p50_ms": 1.0, "delay_p99_ms": 5.0, "startup_s": 0.10}
 
 def first_frames(record: Path, frame_id: int) -> list[float]:
     return [m.timestamp for m in benchlib.read_capture(record) if m.arbitration_id == frame_id]

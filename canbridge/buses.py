@@ -35,6 +35,7 @@ BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 30.0
 SEND_TIMEOUT = 0.01
 RECV_TIMEOUT = 1.0
+READER_JOIN_SECS = 0.05
 """How long a reader waits for a frame before it looks at stop and reopen requests: an idle
 bus wakes its thread once a second (a stop still ends within 2 s)."""
 
@@ -150,7 +151,10 @@ class BusHandle:
     def close(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=1.5)
+            # A reader inside its receive call ends by itself within RECV_TIMEOUT: a daemon
+            # thread that, once stopped, delivers nothing and ignores what fails. A stop does
+            # not wait out that timeout.
+            self._thread.join(timeout=READER_JOIN_SECS)
         with self._lock:
             if self._bus is not None:
                 self._shutdown_bus(self._bus)
@@ -293,7 +297,7 @@ class BusHandle:
                 self.state = "reopening"
                 self._reopen.set()
                 continue
-            if msg is not None:
+            if msg is not None and not self._stop.is_set():
                 self._traffic_works()
                 self.frames_in += 1
                 deliver(self, msg)
