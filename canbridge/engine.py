@@ -446,7 +446,7 @@ class Engine:
         for bus in self.buses.values():
             bus.flush()
         if self.notifier is not None:
-            self.notifier.tick(self.health())
+            self.notifier.tick(self.health)
         if now >= self._next_status:
             self._next_status = now + self.status_every
             self._write_status("running")

@@ -70,11 +70,16 @@ class Notifier:
         """One line for `systemctl status`."""
         self._send("STATUS=" + text.replace("\n", " "))
 
-    def tick(self, health: Mapping[str, Mapping[str, Any]]) -> None:
-        """Ping the watchdog when one is due and the pipeline is healthy."""
+    def tick(self, health: Callable[[], Mapping[str, Mapping[str, Any]]]) -> None:
+        """Ping the watchdog when one is due and the pipeline is healthy. `health()` (every
+        component's status) is asked for only then, or while pings are withheld: not once a
+        second on an idle Pi."""
         if self.watchdog_secs is None:
             return
-        stale = self._stalest(health)
+        now = self._monotonic()
+        if not self._withholding and now - self._last_ping < self.watchdog_secs / 2:
+            return
+        stale = self._stalest(health())
         if stale is not None:
             if not self._withholding:
                 self._withholding = True
@@ -89,7 +94,6 @@ class Notifier:
             self._withholding = False
             log.warning("battery data fresh again: watchdog pings resumed")
             self.status("running")
-        now = self._monotonic()
         if now - self._last_ping >= self.watchdog_secs / 2:
             self._last_ping = now
             self._send("WATCHDOG=1")

@@ -91,12 +91,19 @@ def test_watchdog_pings_every_half_period(tmp_path: Path, systemd: socket.socket
     clock = FakeMonotonic()
     n = notifier(tmp_path, clock, WATCHDOG_USEC="2000000")
     sent = []
+    asked: list[float] = []
+
+    def health() -> dict[str, dict[str, object]]:
+        asked.append(clock.now)
+        return FRESH
+
     for _ in range(9):  # the engine ticks every 0.5 s
-        n.tick(FRESH)
+        n.tick(health)
         sent.append(received(systemd))
         clock.now += 0.5
     assert sent == [["WATCHDOG=1"], [], ["WATCHDOG=1"], [], ["WATCHDOG=1"], [],
                     ["WATCHDOG=1"], [], ["WATCHDOG=1"]]
+    assert len(asked) == 5  # every component's status only when a ping is due
 
 
 def test_no_watchdog_without_watchdog_usec_or_for_another_pid(
@@ -106,11 +113,11 @@ def test_no_watchdog_without_watchdog_usec_or_for_another_pid(
         clock = FakeMonotonic()
         n = notifier(tmp_path, clock, **env)
         for _ in range(4):
-            n.tick(FRESH)
+            n.tick(lambda: FRESH)
             clock.now += 1
         assert received(systemd) == [], env
     n = notifier(tmp_path, WATCHDOG_USEC="1000000", WATCHDOG_PID=str(os.getpid()))
-    n.tick(FRESH)
+    n.tick(lambda: FRESH)
     assert received(systemd) == ["WATCHDOG=1"]
 
 
@@ -121,7 +128,7 @@ def test_watchdog_stops_while_battery_data_is_stale(
     caplog.set_level(logging.INFO, logger="canbridge.systemd")
 
     def tick(health: dict[str, dict[str, object]]) -> list[str]:
-        n.tick(health)
+        n.tick(lambda: health)
         clock.now += 0.5
         return received(systemd)
 
@@ -132,14 +139,16 @@ def test_watchdog_stops_while_battery_data_is_stale(
     assert tick(FRESH) == ["WATCHDOG=1"]
     assert tick(stale(600.0)) == []
     assert tick(stale(600.0)) == ["WATCHDOG=1"]  # at the limit: still pinging
-    message = ("lynk: battery data stale for 600.5 s (more than max_stale_secs 600): "
+    # Health is looked at when a ping is due (each half period), not every tick.
+    assert tick(stale(600.5)) == []
+    message = ("lynk: battery data stale for 600.6 s (more than max_stale_secs 600): "
                "watchdog pings withheld, systemd will restart canbridge")
-    assert tick(stale(600.5)) == [f"STATUS={message}"]
+    assert tick(stale(600.6)) == [f"STATUS={message}"]
     for secs in range(601, 611):
         assert tick(stale(secs)) == []
     assert caplog.messages == [message]  # once, not every tick
     assert [r.levelname for r in caplog.records] == ["ERROR"]
-    assert tick(FRESH) == ["STATUS=running", "WATCHDOG=1"]
+    assert tick(FRESH) == ["STATUS=running", "WATCHDOG=1"]  # withheld: checked every tick
     assert caplog.messages[1:] == ["battery data fresh again: watchdog pings resumed"]
     assert tick(FRESH) == []
     assert tick(FRESH) == ["WATCHDOG=1"]
@@ -147,8 +156,8 @@ def test_watchdog_stops_while_battery_data_is_stale(
 
 def test_odd_status_values_are_not_stale(tmp_path: Path, systemd: socket.socket) -> None:
     n = notifier(tmp_path, WATCHDOG_USEC="1000000", max_stale_secs=1)
-    n.tick({"a": {"stale_secs": None}, "b": {"stale_secs": True}, "c": {"stale_secs": "9"},
-            "d": {}})
+    n.tick(lambda: {"a": {"stale_secs": None}, "b": {"stale_secs": True},
+                    "c": {"stale_secs": "9"}, "d": {}})
     assert received(systemd) == ["WATCHDOG=1"]
 
 
