@@ -192,7 +192,7 @@ class Engine:
         merged = self._merged_replays(replays) if self.clock.virtual else None
         first = next(merged, None) if merged is not None else None
         if first is not None:
-            self.clock.advance_to(first[0])
+            self.clock.advance_to(first[1].timestamp)
         self._start_time = self.clock.now()
         for bus in self.buses.values():
             bus.start_reader(self._deliver)
@@ -253,18 +253,21 @@ class Engine:
                 msg.timestamp = self.clock.now()
         self._queue.put((bus, msg))
 
-    def _merged_replays(self, replays: list[ReplayBus]) -> Iterator[tuple[float, int, ReplayBus,
-                                                                          can.Message]]:
+    def _merged_replays(self, replays: list[ReplayBus]
+                        ) -> Iterator[tuple[ReplayBus, can.Message]]:
+        """(bus, frame) of every full-speed replay, in time order."""
+        streams = [bus for bus in replays if bus.full_speed]
+        if len(streams) == 1:  # the usual case: no merge, no tuple per frame to order by
+            return zip(itertools.repeat(streams[0]), streams[0].timeline())
         counter = itertools.count()
 
         def tagged(bus: ReplayBus) -> Iterator[tuple[float, int, ReplayBus, can.Message]]:
             return ((m.timestamp, next(counter), bus, m) for m in bus.timeline())
 
-        streams = [tagged(bus) for bus in replays if bus.full_speed]
-        return streams[0] if len(streams) == 1 else heapq.merge(*streams)  # merge costs ~1 µs
+        return ((bus, m) for _, _, bus, m in heapq.merge(*map(tagged, streams)))
 
-    def _run_virtual(self, first: tuple[float, int, ReplayBus, can.Message] | None,
-                     merged: Iterator[tuple[float, int, ReplayBus, can.Message]]) -> None:
+    def _run_virtual(self, first: tuple[ReplayBus, can.Message] | None,
+                     merged: Iterator[tuple[ReplayBus, can.Message]]) -> None:
         end = None if self.duration is None else self._start_time + self.duration
         clock = self.clock
         dispatch = self._dispatch
@@ -273,7 +276,8 @@ class Engine:
         check_every = 256
         countdown = check_every
         while item is not None and not self._stopping:
-            ts, _, bus, msg = item
+            bus, msg = item
+            ts = msg.timestamp
             gap = ts - clock.now()
             if gap > bus.config["max_replay_gap_secs"]:
                 # A frame years ahead (a bad timestamp) must not make every 1 Hz timer fire

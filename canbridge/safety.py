@@ -31,7 +31,7 @@ from canbridge.schema import Choice, Number, Option, OptionError
 from canbridge.signals import (
     ALARM_REPORT,
     REPORT_NONE,
-    LatestValues,
+    TimedValues,
     Update,
     Value,
     names_where,
@@ -211,7 +211,7 @@ class StopModel:
         self.plausible = (cfg["plausible_voltage_min"], cfg["plausible_voltage_max"])
         self.voltage_step = voltage_step
         self.current_step = current_step
-        self.latest = LatestValues()
+        self.latest = TimedValues()
         self.state = "waiting"
         self.safety = "waiting for battery data"
         self.implausible = 0

@@ -96,29 +96,29 @@ def names_where(predicate: Callable[[str], bool], names: tuple[str, ...]) -> tup
 
 
 class LatestValues:
-    """The latest value of every signal seen, with the pipeline time it was updated."""
+    """The latest value of every signal seen (a sink's view of the battery)."""
 
-    __slots__ = ("_conditions", "_times", "_values")
+    __slots__ = ("_conditions", "_values")
 
     def __init__(self) -> None:
         self._values: dict[str, Value] = {}
-        self._times: dict[str, float] = {}
         self._conditions: set[str] = set()  # the alarm_/warning_ names held now
 
-    def apply(self, update: Update) -> None:
+    def apply(self, update: Update) -> Iterable[str]:
         """Take the update's values; an alarm report first forgets every alarm and warning
-        the previous report set, so a condition it does not mention is no longer active."""
-        ts = update.timestamp
+        the previous report set, so a condition it does not mention is no longer active.
+        Returns the names forgotten."""
         values = update.values
+        forgotten: Iterable[str] = ()
         if ALARM_REPORT in values:
-            for name in self._conditions - values.keys():
+            forgotten = self._conditions - values.keys()
+            for name in forgotten:
                 del self._values[name]
-                del self._times[name]
             self._conditions = set(names_where(is_condition, tuple(values)))
         elif not CONDITION_NAMES.isdisjoint(values):  # rare: alarms outside a report
             self._conditions.update(names_where(is_condition, tuple(values)))
         self._values.update(values)
-        self._times.update(dict.fromkeys(values, ts))
+        return forgotten
 
     def active_conditions(self) -> frozenset[str]:
         """The alarm_* and warning_* conditions that are true now."""
@@ -140,6 +140,27 @@ class LatestValues:
     def __len__(self) -> int:
         return len(self._values)
 
+    def snapshot(self) -> dict[str, Value]:
+        return dict(self._values)
+
+
+class TimedValues(LatestValues):
+    """LatestValues that also keep when each signal was last updated, for freshness (the
+    stop model). A view that needs no times does not pay for them on every update."""
+
+    __slots__ = ("_times",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._times: dict[str, float] = {}
+
+    def apply(self, update: Update) -> Iterable[str]:
+        forgotten = super().apply(update)
+        for name in forgotten:
+            del self._times[name]
+        self._times.update(dict.fromkeys(update.values, update.timestamp))
+        return forgotten
+
     def updated_at(self, name: str) -> float | None:
         return self._times.get(name)
 
@@ -151,6 +172,3 @@ class LatestValues:
             if ts is None or now - ts > max_age:
                 return False
         return True
-
-    def snapshot(self) -> dict[str, Value]:
-        return dict(self._values)

@@ -31,13 +31,13 @@ from canbridge import (
     REQUIRED,
     Choice,
     Integer,
-    LatestValues,
     ListOf,
     Number,
     Option,
     Path,
     Sink,
     Text,
+    TimedValues,
     Update,
     hookimpl,
 )
@@ -259,7 +259,7 @@ class DataLog(Sink):
         self.keep_days: int = config["keep_days"]
         self.stale_after: float = config["stale_after_secs"]
         self.csv = config["format"] == "csv"
-        self.latest = LatestValues()
+        self.latest = TimedValues()
         self.rows = 0
         self.last_update: float | None = None
         self.last_row: float | None = None

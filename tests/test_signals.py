@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from canbridge import LatestValues, Update, is_condition
+from canbridge import LatestValues, TimedValues, Update, is_condition
 
 
 def test_an_alarm_report_replaces_the_previous_one_whole() -> None:
-    latest = LatestValues()
+    latest = TimedValues()
     latest.apply(Update(1.0, {"voltage": 53.5, "alarm_general": True, "warning_low_voltage": True,
                               "alarm_report": "received"}))
     # Not mentioned by the next report: "not supported" now, so no longer active.
