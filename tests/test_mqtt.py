@@ -404,3 +404,25 @@ def test_a_missing_tls_file_is_named_and_retried_with_backoff(tmp_path, caplog):
     assert [r.getMessage() for r in caplog.records] == [
         f"mqtt: cannot set up MQTT: ca_file {ca}: no such file; trying again with backoff"]
     sink.stop()
+
+
+def test_a_client_paho_refuses_is_reported_and_retried_on_the_mqtt_thread(tmp_path, caplog):
+    """paho is set up on the MQTT thread (it never delays the first inverter frame), so a
+    TLS file that vanished after the sink checked it is told there, and the stop still
+    comes at once."""
+    from canbridge_plugins.mqtt.link import Link, Settings
+
+    link = Link(Settings(host="127.0.0.1", port=1, client_id="t", qos=1, status_topic="t/s",
+                         tls=True, ca_file=str(tmp_path / "gone.crt")),
+                logging.getLogger("canbridge.mqtt"))
+    with caplog.at_level(logging.ERROR, logger="canbridge.mqtt"):
+        link.start()
+        deadline = time.monotonic() + 10
+        while link.status()["errors"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)  # the thread's own backoff: 0.5 s, then 1 s
+        link.close()
+    status = link.status()
+    assert status["errors"] >= 2 and status["state"] == "disconnected"
+    assert status["last_error"].startswith("cannot set up the MQTT client: ")
+    assert "gone.crt" in status["last_error"] or "No such file" in status["last_error"]
+    assert len(caplog.records) == 1  # told once per cause, not once per try

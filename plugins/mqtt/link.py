@@ -193,11 +193,9 @@ class Link:
     # -- publisher thread -----------------------------------------------------------------
 
     def _publish_loop(self) -> None:
-        client = self._make_client()
-        with self._cond:
-            self._client = client
-            if self._stopping:
-                return
+        client = self._new_client()
+        if client is None:
+            return
         client.connect_async(self.settings.host, self.settings.port, KEEPALIVE_SECS)
         client.loop_start()
         while True:
@@ -209,6 +207,28 @@ class Link:
                 batch = self._take()
             for message in batch:
                 self._send(client, message)
+
+    def _new_client(self) -> Client | None:
+        """paho's client, made on this thread; settings paho refuses (a TLS file that changed
+        since the sink checked it) are tried again with backoff. None once stopping."""
+        delay = RECONNECT_MIN_SECS
+        while True:
+            try:
+                client = self._make_client()
+            except (OSError, ValueError) as exc:
+                self._error(f"cannot set up the MQTT client: {exc}")
+                self._event(f"setup {exc}", logging.ERROR,
+                            "cannot set up the MQTT client: %s; trying again", exc)
+            else:
+                with self._cond:
+                    if self._stopping:
+                        return None
+                    self._client = client
+                return client
+            with self._cond:
+                if self._cond.wait_for(lambda: self._stopping, delay):
+                    return None
+            delay = min(2 * delay, RECONNECT_MAX_SECS)
 
     def _take(self) -> list[Message]:
         """Everything pending, retained messages (availability, discovery) before data."""
