@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import compileall
 import functools
 import os
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import can
+import lynk2_day
 import tomli_w
 
 BENCH = Path(__file__).resolve().parent
@@ -30,6 +32,20 @@ sys.path.insert(0, str(BENCH.parent / "tests"))
 from broker import HOST, Mosquitto  # noqa: E402, F401  (re-exported for the scripts)
 
 PRODUCTION = BENCH.parent / "examples" / "pipeline.toml"
+
+
+def arguments(doc: str, runs: int | None = None) -> argparse.ArgumentParser:
+    """A benchmark's command line: its docstring's first paragraph, and `--runs` when it
+    repeats."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    if runs is not None:
+        parser.add_argument("--runs", type=int, default=runs)
+    return parser
+
+
+def day_capture() -> Path:
+    """The day of LYNK II traffic every benchmark replays (written once: lynk2_day.py)."""
+    return lynk2_day.ensure(DATA / "lynk2-day.log")
 CACHE = DATA / "cache"
 """canbridge's cache folder in every run (plugin index, DBC layouts): warm after the first."""
 

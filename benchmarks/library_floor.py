@@ -17,13 +17,11 @@ The issue's target: the production pipeline's full-speed day <= 1.3 x this floor
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 import time
 
 import benchlib
-import lynk2_day
 
 TARGET_RATIO = 1.3
 
@@ -67,10 +65,9 @@ def one_run(capture: benchlib.Path, send: bool) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=3)
+    parser = benchlib.arguments(__doc__, runs=3)
     args = parser.parse_args()
-    capture = lynk2_day.ensure(benchlib.DATA / "lynk2-day.log")
+    capture = benchlib.day_capture()
     print(f"library-floor: {capture.name}; {benchlib.machine()}")
     walls: dict[bool, list[float]] = {False: [], True: []}
     for index in range(args.runs):

@@ -24,13 +24,11 @@ p50/p99 <= 2/10 ms, delay p50/p99 <= 1/5 ms, first frame <= 0.10 s.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import time
 from pathlib import Path
 
 import benchlib
-import lynk2_day
 
 WARMUP_SECS = 5.0
 PERIOD = 1.0
@@ -93,11 +91,10 @@ def describe(r: dict[str, float]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=3)
+    parser = benchlib.arguments(__doc__, runs=3)
     parser.add_argument("--secs", type=float, default=60.0)
     args = parser.parse_args()
-    capture = lynk2_day.ensure(benchlib.DATA / "lynk2-day.log")
+    capture = benchlib.day_capture()
     print(f"live: {args.secs:g} s per run after {WARMUP_SECS:g} s warm-up; {benchlib.machine()}")
     results = []
     with benchlib.Mosquitto(benchlib.DATA / "broker-live") as broker:

@@ -22,14 +22,12 @@ child's PYTHONPATH; runs alternate between the two, and both medians are printed
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 from pathlib import Path
 
 import benchlib
-import lynk2_day
 
 TARGET_FLOOR_RATIO = 1.3
 TARGET_RSS_MB = 40.0
@@ -95,15 +93,14 @@ def medians(results: list[dict[str, float]]) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=5)
+    parser = benchlib.arguments(__doc__, runs=5)
     parser.add_argument("--days", type=int, default=1, help="days of pipeline time per run")
     parser.add_argument("--floor", type=float, metavar="SECS",
                         help="library_floor.py's day, for the ratio")
     parser.add_argument("--baseline", type=Path, metavar="DIR",
                         help="another canbridge tree to compare with, run by run")
     args = parser.parse_args()
-    capture = lynk2_day.ensure(benchlib.DATA / "lynk2-day.log")
+    capture = benchlib.day_capture()
     frames_in = capture_frames(capture)
     print(f"replay-day: {capture.name}, {frames_in} input frames; {benchlib.machine()}")
     configs: dict[str, tuple[dict[str, str] | None, Path]] = {

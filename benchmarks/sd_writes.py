@@ -18,7 +18,6 @@ Target: <= 0.5 MiB a day at default settings.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import subprocess
@@ -27,7 +26,6 @@ import tomllib
 from pathlib import Path
 
 import benchlib
-import lynk2_day
 import tomli_w
 
 TARGET_MIB = 0.5
@@ -45,14 +43,14 @@ def run(command: list[str]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = benchlib.arguments(__doc__)
     parser.add_argument("--flush-every", type=float, metavar="SECS",
                         help="the data log's flush_every_secs (default: the option's default)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("sd-writes needs root for losetup and mount: sudo .venv/bin/python "
                          "benchmarks/sd_writes.py")
-    capture = lynk2_day.ensure(benchlib.DATA / "lynk2-day.log")
+    capture = benchlib.day_capture()
     work = Path(tempfile.mkdtemp(prefix="sd-writes-", dir=benchlib.DATA))
     image, card, run_dir = work / "card.img", work / "card", work / "run"
     with image.open("wb") as file:

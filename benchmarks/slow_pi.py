@@ -14,14 +14,12 @@ under 1.05 s (the period is 1 s).
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import subprocess
 import sys
 import time
 
 import benchlib
-import lynk2_day
 
 PERIOD = 1.0
 WARMUP_SECS = 5.0
@@ -30,13 +28,13 @@ BUSY = "while True:\n    pass\n"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = benchlib.arguments(__doc__)
     parser.add_argument("--secs", type=float, default=60.0)
     parser.add_argument("--cpu", type=int, default=0, help="the core both run on")
     parser.add_argument("--nice", type=int, default=5,
                         help="how many steps canbridge is below the busy loop")
     args = parser.parse_args()
-    capture = lynk2_day.ensure(benchlib.DATA / "lynk2-day.log")
+    capture = benchlib.day_capture()
     print(f"slow-pi: {args.secs:g} s on CPU {args.cpu}, shared with a busy loop, canbridge "
           f"nice {args.nice}; {benchlib.machine()}")
     folder = benchlib.DATA / "slow-pi"

@@ -17,14 +17,12 @@ modules are byte-compiled first, as `pip install` leaves them. Target: <= 0.10 s
 
 from __future__ import annotations
 
-import argparse
 import re
 import shutil
 import time
 from datetime import datetime
 
 import benchlib
-import lynk2_day
 
 TARGET_SECS = 0.10
 WAIT_SECS = 10.0
@@ -52,10 +50,9 @@ def one_run(index: int, capture: benchlib.Path, port: int) -> tuple[float, float
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=7)
+    parser = benchlib.arguments(__doc__, runs=7)
     args = parser.parse_args()
-    capture = lynk2_day.ensure(benchlib.DATA / "lynk2-day.log")
+    capture = benchlib.day_capture()
     print(f"start-up; {benchlib.machine()}")
     firsts, readies = [], []
     shutil.rmtree(benchlib.CACHE, ignore_errors=True)
