@@ -3,13 +3,16 @@
 A component type is a class with a `type_name`, a one-line `summary` and an `options`
 schema. The engine builds one instance per table of the pipeline file, calls `start()`,
 then plain methods per event: `on_frame` for frames on its bus, `on_update` for signal
-updates from its inputs, timers it set on `context.clock`. `stop()` flushes; `status()`
+updates from its inputs, timers it set on `context.clock`. `context.latest` holds the latest
+values of its inputs, kept by the core: a sink that only reads values at its own timers
+needs no `on_update` at all. `stop()` flushes; `status()`
 reports health. Everything runs on the engine thread, so a component needs no locks unless
 it starts threads of its own.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -17,7 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from canbridge.controls import ControlBoard
 from canbridge.schema import Inputs, Option, OptionError, Text
-from canbridge.signals import Update
+from canbridge.signals import TimedValues, Update
 
 if TYPE_CHECKING:
     import can
@@ -80,10 +83,20 @@ class Context:
     post: Callable[[Callable[[], None]], None] = _call_now
     """Run a function on the engine thread soon; safe from any thread (commands from MQTT).
     Outside an engine (tests), it runs at once."""
+    inputs_view: Callable[[], TimedValues] = TimedValues
+    """Makes `latest`: an engine gives every component with the same inputs the same one."""
     limited: RateLimitedLog = field(init=False)
 
     def __post_init__(self) -> None:
         self.limited = RateLimitedLog(self.log, self.clock)
+
+    @functools.cached_property
+    def latest(self) -> TimedValues:
+        """The latest values (and their update times) arriving at the component's inputs,
+        kept by the core: each update is applied once, before any component's `on_update`,
+        however many components read it. Ask for it in `__init__`. Outside an engine,
+        `canbridge.testing.feed` keeps it."""
+        return self.inputs_view()
 
     def bus(self, name: str) -> BusHandle:
         return self.buses[name]

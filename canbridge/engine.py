@@ -8,6 +8,7 @@ The per-frame path is plain method calls: frame -> source -> transforms -> sinks
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import logging
@@ -26,7 +27,7 @@ from canbridge.component import Component, Context, RateLimitedLog
 from canbridge.config import REPLAY, PipelineConfig, topological_order
 from canbridge.controls import ControlBoard
 from canbridge.replay import END_OF_REPLAY, CaptureError, ReplayBus
-from canbridge.signals import Update
+from canbridge.signals import TimedValues, Update
 
 log = logging.getLogger("canbridge")
 
@@ -101,6 +102,8 @@ class Engine:
         self.controls = ControlBoard()
         self._stopping = False
         self._frame_handlers: dict[str, list[tuple[Component, Callable[[can.Message], None]]]] = {}
+        self._views: dict[tuple[str, ...], TimedValues] = {}
+        self._views_of: dict[str, list[TimedValues]] = {}  # by source: the views it feeds
         # Per source bus: the (ID, is 29-bit) pairs to copy, the target bus, the rate limit.
         self._forwards: dict[str, list[Forward]] = {}
         self.frames_dropped = 0
@@ -126,7 +129,9 @@ class Engine:
         order = topological_order(self.config.components)
         consumers: dict[str, list[tuple[Component, Callable[[Update], None]]]] = {}
         for spec in order:
+            inputs = tuple(spec.values.get("inputs") or ())
             context = Context(name=spec.name, clock=self.clock,
+                              inputs_view=functools.partial(self._view, inputs),
                               log=logging.getLogger(f"canbridge.{spec.name}"),
                               buses=self.buses, dry_run=self.dry_run,
                               pipeline_name=self.config.name,
@@ -140,19 +145,35 @@ class Engine:
             if isinstance(bus, str) and type(component).on_frame is not Component.on_frame:
                 self._frame_handlers.setdefault(bus, []).append((component, component.on_frame))
             for source in spec.values.get("inputs") or ():
-                consumers.setdefault(source, []).append((component, component.on_update))
+                targets = consumers.setdefault(source, [])
+                if type(component).on_update is not Component.on_update:
+                    targets.append((component, component.on_update))
         for source, targets in consumers.items():
-            self.components[source]._emit = self._emitter(targets)
+            views = self._views_of.setdefault(source, [])
+            self.components[source]._emit = self._emitter(views, targets)
         for values in self.config.forwards.values():
             self._forwards.setdefault(values["from_bus"], []).append(Forward(
                 frozenset([*((i, False) for i in values["ids"]),
                            *((i, True) for i in values["extended_ids"])]),
                 self.buses[values["to_bus"]], values["max_per_sec"]))
 
-    def _emitter(self, consumers: list[tuple[Component, Callable[[Update], None]]]
+    def _view(self, inputs: tuple[str, ...]) -> TimedValues:
+        """`Context.latest`: one per set of inputs, however many components read it."""
+        key = tuple(sorted(inputs))
+        view = self._views.get(key)
+        if view is None:
+            view = self._views[key] = TimedValues()
+            for source in key:
+                self._views_of.setdefault(source, []).append(view)
+        return view
+
+    def _emitter(self, views: list[TimedValues],
+                 consumers: list[tuple[Component, Callable[[Update], None]]]
                  ) -> Callable[[Update], None]:
         def emit(update: Update) -> None:
             self.updates += 1
+            for view in views:
+                view.apply(update)
             for component, on_update in consumers:
                 try:
                     on_update(update)

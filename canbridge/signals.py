@@ -148,13 +148,16 @@ class TimedValues(LatestValues):
     """LatestValues that also keep when each signal was last updated, for freshness (the
     stop model). A view that needs no times does not pay for them on every update."""
 
-    __slots__ = ("_times",)
+    __slots__ = ("_times", "last_update")
 
     def __init__(self) -> None:
         super().__init__()
         self._times: dict[str, float] = {}
+        self.last_update: float | None = None
+        """The pipeline time of the last update applied."""
 
     def apply(self, update: Update) -> Iterable[str]:
+        self.last_update = update.timestamp
         forgotten = super().apply(update)
         for name in forgotten:
             del self._times[name]

@@ -2,6 +2,7 @@
 
     clock = Clock(virtual=True, start=1000.0)
     sink = build(PylontechSink, {"bus": "inverter"}, clock=clock, buses={"inverter": handle})
+    feed(sink, update)                 # as the engine hands it over
     out = capture(transform)           # list that collects every update it emits
     clock.advance_to(1005.0); run_timers(clock)
 
@@ -44,6 +45,13 @@ def build(cls: type[C], options: Mapping[str, Any], *, name: str = "under_test",
     if start:
         component.start()
     return component
+
+
+def feed(component: Component, update: Update) -> None:
+    """Hand `update` to `component` as an engine would: its `context.latest` first, then
+    its `on_update`."""
+    component.context.latest.apply(update)
+    component.on_update(update)
 
 
 def capture(component: Component) -> list[Update]:

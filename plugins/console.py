@@ -9,7 +9,7 @@ import sys
 from collections.abc import Iterable, Mapping
 from typing import Any, TextIO
 
-from canbridge import Flag, LatestValues, ListOf, Number, Option, Sink, Text, Update, hookimpl
+from canbridge import Flag, ListOf, Number, Option, Sink, Text, hookimpl
 from canbridge.clock import SIDE_SLACK_SECS
 from canbridge.schema import OptionError
 from canbridge.signals import unknown_signal_warnings
@@ -40,14 +40,11 @@ class ConsoleSink(Sink):
     def __init__(self, *args: Any, stream: TextIO | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.stream = stream or sys.stdout
-        self.latest = LatestValues()
+        self.latest = self.context.latest
         self.refreshes = 0
 
     def start(self) -> None:
         self.clock.every(self.config["every_secs"], self.refresh, slack=SIDE_SLACK_SECS)
-
-    def on_update(self, update: Update) -> None:
-        self.latest.apply(update)
 
     def stop(self) -> None:
         self.refresh()

@@ -37,8 +37,6 @@ from canbridge import (
     Path,
     Sink,
     Text,
-    TimedValues,
-    Update,
     hookimpl,
 )
 from canbridge.clock import SIDE_SLACK_SECS
@@ -259,9 +257,8 @@ class DataLog(Sink):
         self.keep_days: int = config["keep_days"]
         self.stale_after: float = config["stale_after_secs"]
         self.csv = config["format"] == "csv"
-        self.latest = TimedValues()
+        self.latest = context.latest
         self.rows = 0
-        self.last_update: float | None = None
         self.last_row: float | None = None
         self.failing = False
         self.file: str | None = None
@@ -274,13 +271,9 @@ class DataLog(Sink):
         self.clock.every(self.config["flush_every_secs"], self._writer.flush,
                          slack=SIDE_SLACK_SECS)
 
-    def on_update(self, update: Update) -> None:
-        self.latest.apply(update)
-        self.last_update = update.timestamp
-
     def _write_row(self) -> None:
         self._collect_results()
-        if self.last_update is None:
+        if self.latest.last_update is None:
             return  # nothing seen yet: an all-empty row says nothing
         now = self.clock.now()
         stamp = datetime.fromtimestamp(self.clock.wall_time(now)).astimezone()
@@ -346,12 +339,12 @@ class DataLog(Sink):
         self._collect_results()
         if self.failing:
             state = "error"
-        elif self.last_update is None:
+        elif self.latest.last_update is None:
             state = "waiting"
         else:
             state = "ok"
         return {"state": state, "rows": self.rows, "errors": self.errors,
-                "last_seen_age": self.age(self.last_update),
+                "last_seen_age": self.age(self.latest.last_update),
                 "last_row_age": self.age(self.last_row),
                 "file": self.file}
 

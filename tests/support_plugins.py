@@ -142,6 +142,35 @@ class BrokenStart(Sink):
         raise FileNotFoundError("acme.cfg is missing")
 
 
+class Viewer(Sink):
+    """Notes, per update, whether `context.latest` (the core's view) had it already."""
+
+    type_name = "test-view"
+    summary = "test: look at the shared view in on_update"
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.latest = self.context.latest
+        self.had_it: list[bool] = []
+
+    def on_update(self, update: Update) -> None:
+        self.had_it.append(all(self.latest.get(k) == v for k, v in update.values.items()))
+
+
+class Reader(Sink):
+    """Reads `context.latest` only at stop: no on_update at all."""
+
+    type_name = "test-read"
+    summary = "test: read the shared view at stop"
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.latest = self.context.latest
+
+    def stop(self) -> None:
+        self.last = self.latest.snapshot()
+
+
 @hookimpl
 def canbridge_component_types() -> list[type]:
-    return [FrameSource, Ticker, Tag, SendSink, Collect, Wedge, BrokenStart]
+    return [FrameSource, Ticker, Tag, SendSink, Collect, Wedge, BrokenStart, Viewer, Reader]

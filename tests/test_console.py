@@ -7,7 +7,7 @@ import io
 from canbridge_plugins.console import ConsoleSink
 
 from canbridge import Clock, Update
-from canbridge.testing import build, run_timers
+from canbridge.testing import build, feed, run_timers
 
 T0 = 1745512155.0
 
@@ -16,7 +16,7 @@ def test_the_table_shows_key_values_first_and_active_alarms() -> None:
     clock = Clock(virtual=True, start=T0)
     sink = build(ConsoleSink, {"inputs": ["lynk"], "every_secs": 1.0}, clock=clock)
     sink.stream = io.StringIO()
-    sink.on_update(Update(T0, {"voltage": 53.5, "soc": 72, "current": -0.2,
+    feed(sink, Update(T0, {"voltage": 53.5, "soc": 72, "current": -0.2,
                                "manufacturer": "DISCOVER", "alarm_high_voltage": False,
                                "warning_low_voltage": True}))
     run_timers(clock, T0 + 2.0)

@@ -18,7 +18,7 @@ from conftest import SAMPLE, canbridge_cmd, run_canbridge, subprocess_env, write
 
 from canbridge import Clock, Update
 from canbridge.dayfiles import day_file, day_of
-from canbridge.testing import build, run_timers
+from canbridge.testing import build, feed, run_timers
 
 CEST = timezone(timedelta(hours=2))
 
@@ -52,7 +52,7 @@ def advance(sink: DataLog, clock: Clock, seconds: float,
     base = clock.now()
     for offset, values in sorted((updates or {}).items()):
         run_timers(clock, base + offset)
-        sink.on_update(Update(base + offset, values))
+        feed(sink, Update(base + offset, values))
     run_timers(clock, base + seconds)
 
 

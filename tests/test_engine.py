@@ -394,3 +394,26 @@ def test_post_runs_a_function_on_the_engine_thread(tmp_path: Path, channel: str)
     threading.Thread(target=from_outside).start()
     runner.join(10)
     assert ran == ["engine"]
+
+
+def test_components_with_the_same_inputs_share_one_view_the_core_keeps(tmp_path: Path) -> None:
+    capture = write_capture(tmp_path / "frames.log",
+                            ((T0 + s, 0x351 + s % 3, bytes([s])) for s in range(30)))
+    engine = run(tmp_path, replay(capture) + """
+[sources.frames]
+type = "test-frames"
+bus = "battery"
+
+[sinks.viewer]
+type = "test-view"
+inputs = ["frames"]
+
+[sinks.reader]
+type = "test-read"
+inputs = ["frames"]
+""")
+    viewer, reader = engine.components["viewer"], engine.components["reader"]
+    assert viewer.latest is reader.latest  # one view, applied once per update
+    assert viewer.had_it == [True] * 30  # applied before any on_update
+    assert reader.last == {"frame_id": 0x351 + 29 % 3, "byte0": 29}
+    assert reader.latest.updated_at("byte0") == T0 + 29

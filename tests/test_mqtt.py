@@ -18,7 +18,7 @@ from canbridge_plugins.mqtt import MqttSink
 
 import canbridge
 from canbridge import Clock, Update
-from canbridge.testing import build, run_timers
+from canbridge.testing import build, feed, run_timers
 
 broker = mosquitto_fixture()
 late_broker = mosquitto_fixture(start=False)
@@ -92,12 +92,12 @@ def test_discovery_state_availability_and_clean_stop(broker, make_sink):
     with Subscriber(broker) as sub:
         sink = make_sink(broker, clock)
         assert sub.wait(STATUS).payload == b"online"
-        sink.on_update(Update(1000.0, {**LIMITS, **MEASURED, **FLAGS}))
+        feed(sink, Update(1000.0, {**LIMITS, **MEASURED, **FLAGS}))
         plain = sub.wait(VOLTAGE_CONFIG).json()
         assert plain["device"] == {"identifiers": ["canbridge_battery"], "name": "battery",
                                    "sw_version": canbridge.__version__}
         # identification arrives later (every 10 s): every config is sent again with it
-        sink.on_update(Update(1000.5, IDENTITY))
+        feed(sink, Update(1000.5, IDENTITY))
         config = sub.wait(VOLTAGE_CONFIG, lambda m: "manufacturer" in m.json()["device"]).json()
         assert config == {
             "unique_id": "canbridge_battery_voltage", "name": "Voltage",
@@ -137,12 +137,12 @@ def test_discovery_state_availability_and_clean_stop(broker, make_sink):
 
         # an alarm turning on is published at once, not at the next period
         mark = sub.mark()
-        sink.on_update(Update(1005.2, {"alarm_general": True}))
+        feed(sink, Update(1005.2, {"alarm_general": True}))
         assert sub.wait(STATE, after=mark, timeout=2).json()["alarm_general"] is True
 
         # a report that leaves it out (now "not supported") ends it, also at once
         mark = sub.mark()
-        sink.on_update(Update(1005.3, {"alarm_report": "received", "alarm_high_voltage": False}))
+        feed(sink, Update(1005.3, {"alarm_report": "received", "alarm_high_voltage": False}))
         ended = sub.wait(STATE, after=mark, timeout=2).json()
         assert "alarm_general" not in ended
         assert (ended["alarm_high_voltage"], ended["alarm_report"]) == (False, "received")
@@ -175,7 +175,7 @@ def test_legacy_discover_storage_topic(broker, make_sink):
     clock = Clock(virtual=True, start=50.0)
     with Subscriber(broker, ("DiscoverStorage",)) as sub:
         sink = make_sink(broker, clock, legacy_topic="DiscoverStorage", discovery=False)
-        sink.on_update(Update(50.0, {**LIMITS, **MEASURED, **FLAGS, **IDENTITY}))
+        feed(sink, Update(50.0, {**LIMITS, **MEASURED, **FLAGS, **IDENTITY}))
         tick(clock)
         assert sub.wait("DiscoverStorage").json() == {
             "stateOfCharge": 72, "stateOfHealth": 100, "batteryVoltage": 53.5,
@@ -188,7 +188,7 @@ def test_legacy_discover_storage_topic(broker, make_sink):
             "cellBalancingRemainingTime": 0}
 
         mark = sub.mark()
-        sink.on_update(Update(56.0, {"soc": 100, "soc_reported": 99, "balancing_active": True,
+        feed(sink, Update(56.0, {"soc": 100, "soc_reported": 99, "balancing_active": True,
                                      "balancing_remaining": 1234.4, "temperature": 12.34}))
         tick(clock)
         legacy = sub.wait("DiscoverStorage", after=mark).json()
@@ -205,7 +205,7 @@ def test_broker_down_at_start_then_appears(late_broker, make_sink):
     started = time.perf_counter()
     sink = make_sink(late_broker, clock)
     for second in range(20):  # the engine thread never waits on the missing broker
-        sink.on_update(Update(float(second), {**MEASURED, "alarm_general": second % 2 == 1}))
+        feed(sink, Update(float(second), {**MEASURED, "alarm_general": second % 2 == 1}))
         tick(clock, 1.0)
     assert time.perf_counter() - started < 0.5
     wait_until(lambda: sink.status()["last_error"] is not None)
@@ -225,7 +225,7 @@ def test_broker_restart_reconnects_and_announces_again(broker, make_sink, caplog
     caplog.set_level(logging.INFO, logger="canbridge.mqtt")
     clock = Clock(virtual=True)
     sink = make_sink(broker, clock)
-    sink.on_update(Update(0.0, {**LIMITS, **MEASURED}))
+    feed(sink, Update(0.0, {**LIMITS, **MEASURED}))
     with Subscriber(broker) as sub:
         sub.wait(VOLTAGE_CONFIG)
         wait_for_state(sub, clock, after=0)

@@ -113,7 +113,7 @@ def test_a_stepped_wall_clock_never_deletes_day_files(tmp_path: Path,
 
     from canbridge import Clock, Update
     from canbridge import clock as clock_module
-    from canbridge.testing import build
+    from canbridge.testing import build, feed
 
     logs = tmp_path / "logs"
     logs.mkdir()
@@ -126,7 +126,7 @@ def test_a_stepped_wall_clock_never_deletes_day_files(tmp_path: Path,
     offset[0] = start - real_time()
     sink = build(DataLog, {"inputs": ["x"], "path": str(logs / "battery.csv"), "keep_days": 7,
                            "signals": ["soc"]}, clock=Clock())
-    sink.on_update(Update(sink.clock.now(), {"soc": 50.0}))
+    feed(sink, Update(sink.clock.now(), {"soc": 50.0}))
     sink._write_row()  # 2026-12-01
     offset[0] += 400 * 86400
     sink._write_row()  # 2028-01-05 for a moment

@@ -23,7 +23,7 @@ from canbridge_plugins.web.sink import IDLE_REFRESH_SECS, WebSink
 from conftest import SAMPLE, canbridge_cmd, run_canbridge, subprocess_env
 
 from canbridge import Clock, Update
-from canbridge.testing import build, run_timers
+from canbridge.testing import build, feed, run_timers
 
 CHROMIUM = shutil.which("chromium")
 
@@ -238,13 +238,13 @@ def test_the_snapshot_is_rebuilt_each_second_only_while_someone_reads_it() -> No
         def soc_shown() -> object:
             return json.loads(sink.state_json)["values"].get("soc")
 
-        sink.on_update(Update(t0, {"soc": 50}))
+        feed(sink, Update(t0, {"soc": 50}))
         run_timers(clock, t0 + 5.0)
         assert soc_shown() is None  # nobody reads: the start-up snapshot stands
         sink.state_reads += 1  # what a GET /api/state does
         run_timers(clock, t0 + 6.0)
         assert soc_shown() == 50
-        sink.on_update(Update(t0 + 6.5, {"soc": 51}))
+        feed(sink, Update(t0 + 6.5, {"soc": 51}))
         run_timers(clock, t0 + IDLE_REFRESH_SECS)
         assert soc_shown() == 50
         run_timers(clock, t0 + 6.0 + IDLE_REFRESH_SECS)

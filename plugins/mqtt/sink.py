@@ -19,7 +19,6 @@ from pathlib import Path as FilePath
 from typing import Any
 
 from canbridge import (
-    ALARM_REPORT,
     Choice,
     Flag,
     Integer,
@@ -163,7 +162,9 @@ class MqttSink(Sink):
         self.status_topic = f"{base}/status"
         self.commands_refused = 0
         self.skipped = 0
-        self.latest = LatestValues()
+        self.latest = context.latest
+        self._identity: dict[str, Value] = {}  # identity values as last seen
+        self._alarms: set[str] = set()  # active alarms as last published
         self.announced: set[str] = set()
         self._kinds_by_names: dict[tuple[str, ...], tuple[tuple[str, ...], tuple[str, ...]]] = {}
         self.link: Link | None = None
@@ -244,27 +245,25 @@ class MqttSink(Sink):
     # -- engine thread ----------------------------------------------------------------------
 
     def on_update(self, update: Update) -> None:
-        latest = self.latest
-        get = latest.get
+        """`self.latest` has the update already (the core's view of the inputs); what
+        changed is judged against what this sink saw before."""
         values = update.values
         alarms, identity = self._kinds(values)
-        identity_changed = bool(identity) and any(get(name) != values[name]
-                                                  for name in identity)
-        if ALARM_REPORT in values:
-            # A report replaces the last one whole: an alarm it leaves out has ended too.
-            before = _active_alarms(latest)
-            latest.apply(update)
-            alarm_changed = _active_alarms(latest) != before
-        else:
-            alarm_changed = bool(alarms) and any(bool(get(name, False)) != bool(values[name])
-                                                 for name in alarms)
-            latest.apply(update)
+        identity_changed = False
+        if identity:
+            seen = self._identity
+            identity_changed = any(seen.get(name) != values[name] for name in identity)
+            seen.update((name, values[name]) for name in identity)
+        alarm_changed = False
+        if alarms:  # an alarm report (alarm_report is among them) or alarms outside one
+            active = _active_alarms(self.latest)
+            alarm_changed, self._alarms = active != self._alarms, active
         if self.link is None:
             return
         if self.config["discovery"] and (identity_changed
                                          or not self.announced.issuperset(values)):
             new = [name for name in values if name not in self.announced]
-            self._announce(list(latest) if identity_changed else new)
+            self._announce(list(self.latest) if identity_changed else new)
         if alarm_changed:
             self.publish_state(always=True)
 

@@ -27,14 +27,12 @@ from typing import Any
 from canbridge import (
     Context,
     Integer,
-    LatestValues,
     Option,
     OptionError,
     Path,
     Sink,
     Text,
     Timer,
-    Update,
 )
 from canbridge.clock import SIDE_SLACK_SECS
 from canbridge.logs import recent_events
@@ -94,7 +92,7 @@ class WebSink(Sink):
 
     def __init__(self, name: str, config: Mapping[str, Any], context: Context):
         super().__init__(name, config, context)
-        self.latest = LatestValues()
+        self.latest = context.latest
         self.history = History()
         self.state_json = b"{}"
         self.requests = 0
@@ -135,9 +133,6 @@ class WebSink(Sink):
             if self._thread is not None:
                 self._thread.join()
             self._server.server_close()
-
-    def on_update(self, update: Update) -> None:
-        self.latest.apply(update)
 
     def _refresh(self) -> None:
         """The snapshot the page reads: at most once a second, whatever the browsers do;
