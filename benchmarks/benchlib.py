@@ -167,9 +167,17 @@ class Child:
         os.kill(self.pid, signal.SIGINT)
 
     def cpu_seconds(self) -> float:
-        """CPU time (user + system, every thread) canbridge has used so far."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """CPU time canbridge's threads have used so far: the kernel's nanosecond run time
+        per thread (/proc/PID/task/TID/schedstat), where /proc/PID/stat counts 10 ms ticks,
+        too coarse for a process that is idle nearly all the time. A thread that ended is
+        not counted: measure windows in which the pipeline's threads all live."""
+        total = 0
+        for task in Path(f"/proc/{self.pid}/task").iterdir():
+            try:
+                total += int((task / "schedstat").read_text().split()[0])
+            except (OSError, IndexError, ValueError):
+                continue  # the thread ended meanwhile
+        return total / 1e9
 
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():

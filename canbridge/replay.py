@@ -30,6 +30,9 @@ END_OF_REPLAY = None
 """What the pacing thread delivers once a replay that does not loop has ended."""
 
 _CAN_ERR_FLAG = 0x20000000
+SHORT_WAIT_SECS = 0.01
+"""A wait between frames shorter than this is a plain sleep: a stop still comes within it,
+and an interruptible wait would cost more CPU than the frame it waits for."""
 
 
 class CaptureError(ValueError):
@@ -161,7 +164,9 @@ class ReplayBus(BusHandle):
             if first is None:
                 first = msg.timestamp
             delay = started + (msg.timestamp - first) / speed - time.monotonic()
-            if delay > 0 and self._stop.wait(delay):
+            if 0 < delay < SHORT_WAIT_SECS:
+                time.sleep(delay)  # within a burst of frames: a plain sleep costs far less
+            elif delay > 0 and self._stop.wait(delay):
                 return
             if self._stop.is_set():
                 return

@@ -170,7 +170,7 @@ class Link:
             for message in batch:
                 self._send(client, message)
             info = client.publish(self.settings.status_topic, "offline",
-                                        qos=self.settings.qos, retain=True)
+                                  qos=self.settings.qos, retain=True)
             try:
                 info.wait_for_publish(CLOSE_TIMEOUT_SECS)
             except (RuntimeError, ValueError) as exc:
