@@ -33,15 +33,15 @@ def replay(path: Path, speed: str = '"max"') -> str:
     return f'[buses.battery]\ninterface = "replay"\npath = "{path}"\nspeed = {speed}\n'
 
 
+FRAMES = '[sources.frames]\ntype = "test-frames"\nbus = "battery"\n'
+"""The frames of the battery bus as updates: the source of most pipelines here."""
+
+
 def test_a_one_hour_capture_fires_a_one_second_timer_exactly_3600_times(tmp_path: Path) -> None:
     capture = write_capture(tmp_path / "hour.log",
                             ((T0 + s, 0x351, b"\x01") for s in range(3601)))
     started = time.monotonic()
-    engine = run(tmp_path, replay(capture) + """
-[sources.frames]
-type = "test-frames"
-bus = "battery"
-
+    engine = run(tmp_path, replay(capture) + FRAMES + """
 [sources.tick]
 type = "test-ticker"
 period = 1.0
@@ -62,11 +62,7 @@ inputs = ["tick", "frames"]
 def test_updates_flow_through_transforms_in_order(tmp_path: Path) -> None:
     capture = write_capture(tmp_path / "c.log", [(T0, 0x10, b"\x01"), (T0 + 0.5, 0x11, b"\x02"),
                                                  (T0 + 1, 0x12, b"\x03")])
-    engine = run(tmp_path, replay(capture) + """
-[sources.frames]
-type = "test-frames"
-bus = "battery"
-
+    engine = run(tmp_path, replay(capture) + FRAMES + """
 [transforms.first]
 type = "test-tag"
 inputs = ["frames"]
@@ -204,11 +200,7 @@ def test_a_component_that_raises_is_counted_and_the_pipeline_goes_on(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     frames = [(T0 + i * 0.1, 0x666 if i % 2 else 0x10, b"\x01") for i in range(6)]
     capture = write_capture(tmp_path / "c.log", frames)
-    engine = run(tmp_path, replay(capture) + """
-[sources.frames]
-type = "test-frames"
-bus = "battery"
-
+    engine = run(tmp_path, replay(capture) + FRAMES + """
 [sinks.out]
 type = "test-collect"
 inputs = ["frames"]
@@ -285,11 +277,7 @@ inputs = ["frames"]
 
 def test_status_document_reports_components_and_buses(tmp_path: Path) -> None:
     capture = write_capture(tmp_path / "c.log", [(T0 + i, 0x20, b"\x01") for i in range(3)])
-    engine = run(tmp_path, replay(capture) + """
-[sources.frames]
-type = "test-frames"
-bus = "battery"
-
+    engine = run(tmp_path, replay(capture) + FRAMES + """
 [sinks.out]
 type = "test-collect"
 inputs = ["frames"]
@@ -399,11 +387,7 @@ def test_post_runs_a_function_on_the_engine_thread(tmp_path: Path, channel: str)
 def test_components_with_the_same_inputs_share_one_view_the_core_keeps(tmp_path: Path) -> None:
     capture = write_capture(tmp_path / "frames.log",
                             ((T0 + s, 0x351 + s % 3, bytes([s])) for s in range(30)))
-    engine = run(tmp_path, replay(capture) + """
-[sources.frames]
-type = "test-frames"
-bus = "battery"
-
+    engine = run(tmp_path, replay(capture) + FRAMES + """
 [sinks.viewer]
 type = "test-view"
 inputs = ["frames"]
