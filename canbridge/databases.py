@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
-import logging
 import os
 import re
 from dataclasses import asdict, dataclass, field
@@ -22,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from canbridge.locations import cache_dir
+from canbridge.locations import read_cache, write_cache
 from canbridge.versions import package_version
 
 if TYPE_CHECKING:
@@ -30,8 +28,6 @@ if TYPE_CHECKING:
 
 LAYOUT_FORMAT = 1
 """Bumped whenever what a cached layout holds changes: older cache files are then ignored."""
-
-log = logging.getLogger("canbridge.dbc")
 
 
 def builtin_dbc(name: str) -> Path:
@@ -131,11 +127,11 @@ def _load(path: str) -> DbcLayout:
         digest = _digest(Path(path).read_bytes())
     except OSError as exc:
         raise DbcError(f"cannot read {path}: {exc.strerror or exc}") from None
-    cached = _cache_path(path)
-    layout = _read_cache(cached, digest, path)
+    name = _cache_name(path)
+    layout = _from_cache(read_cache(name), digest, path)
     if layout is None:
         layout = _layout(_parse(path), path)
-        _write_cache(cached, digest, layout)
+        write_cache(name, _to_cache(layout, digest))
     return layout
 
 
@@ -167,14 +163,13 @@ def _digest(data: bytes) -> str:
     return hashlib.sha256(key).hexdigest()
 
 
-def _cache_path(path: str) -> Path:
+def _cache_name(path: str) -> str:
     where = hashlib.sha256(os.path.abspath(path).encode()).hexdigest()[:16]
-    return cache_dir() / "dbc" / f"{Path(path).stem}-{where}.json"
+    return f"dbc/{Path(path).stem}-{where}.json"
 
 
-def _read_cache(cached: Path, digest: str, path: str) -> DbcLayout | None:
+def _from_cache(doc: Any, digest: str, path: str) -> DbcLayout | None:
     try:
-        doc = json.loads(cached.read_text(encoding="utf-8"))
         if doc["digest"] != digest:
             return None
         messages = []
@@ -184,20 +179,14 @@ def _read_cache(cached: Path, digest: str, path: str) -> DbcLayout | None:
                             for s in m.pop("signals"))
             messages.append(MessageLayout(path=path, signals=signals, **m))
         return DbcLayout(messages)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError):
         return None
 
 
-def _write_cache(cached: Path, digest: str, layout: DbcLayout) -> None:
+def _to_cache(layout: DbcLayout, digest: str) -> dict[str, Any]:
     messages = []
     for message in layout.messages:
         doc: dict[str, Any] = asdict(message)
         del doc["path"]  # the loader knows it
         messages.append(doc)
-    try:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_name(f".{cached.name}.{os.getpid()}")
-        tmp.write_text(json.dumps({"digest": digest, "messages": messages}), encoding="utf-8")
-        os.replace(tmp, cached)
-    except OSError as exc:
-        log.debug("DBC layout cache %s not written: %s", cached, exc)
+    return {"digest": digest, "messages": messages}

@@ -8,12 +8,16 @@ writes there degrades and says so at run time.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import re
 import tempfile
 from pathlib import Path
+from typing import Any
 
 SERVICE_UNIT = Path("/etc/systemd/system/canbridge.service")
+log = logging.getLogger("canbridge")
 
 
 def cache_dir() -> Path:
@@ -23,6 +27,27 @@ def cache_dir() -> Path:
     if service:
         return Path(service.split(":")[0])
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "canbridge"
+
+
+def read_cache(name: str) -> Any:
+    """The JSON document kept under `name` in the cache folder, or None."""
+    try:
+        return json.loads((cache_dir() / name).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def write_cache(name: str, doc: Any) -> None:
+    """Keep `doc` under `name` in the cache folder, whole or not at all. A cache that cannot
+    be written only costs the next start the work it saves."""
+    path = cache_dir() / name
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(doc), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.debug("cache %s not written: %s", path, exc)
 
 
 def location_problem(path: Path) -> str | None:

@@ -11,9 +11,7 @@ plugin no longer registers, loads every plugin, as without a cache.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
@@ -24,7 +22,7 @@ import pluggy
 
 from canbridge.component import Component
 from canbridge.hooks import PROJECT, Hooks
-from canbridge.locations import cache_dir
+from canbridge.locations import read_cache, write_cache
 from canbridge.versions import dist_version
 
 ENTRY_POINT_GROUP = "canbridge.plugins"
@@ -154,9 +152,7 @@ def _register(registry: Registry, name: str, module_name: str, version: str,
     registry.plugins.append(PluginInfo(name, module_name, version, warning=warning))
 
 
-def cache_file() -> Path:
-    """Where the plugin index is kept."""
-    return cache_dir() / "plugins.json"
+CACHE_NAME = "plugins.json"
 
 
 def _signature(eps: list[EntryPoint]) -> list[list[str]]:
@@ -165,13 +161,13 @@ def _signature(eps: list[EntryPoint]) -> list[list[str]]:
 
 def _cached_index(eps: list[EntryPoint]) -> dict[str, EntryPoint] | None:
     """Type name -> the entry point that provides it, if the cache is of these plugins."""
+    cache = read_cache(CACHE_NAME)
     try:
-        cache = json.loads(cache_file().read_text(encoding="utf-8"))
         if cache["plugins"] != _signature(eps):
             return None
         by_name = {ep.name: ep for ep in eps}
         return {type_name: by_name[plugin] for type_name, plugin in cache["types"].items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (KeyError, TypeError, AttributeError):
         return None
 
 
@@ -180,15 +176,7 @@ def _write_cache(registry: Registry) -> None:
     if registry.broken:
         return  # a broken plugin is tried again at the next start
     owners = {t: p for t, p in registry.owner.items() if p in registry.loaded_plugins}
-    doc = {"plugins": _signature(registry.entry_points), "types": owners}
-    path = cache_file()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(doc), encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as exc:
-        log.debug("plugin cache %s not written: %s", path, exc)
+    write_cache(CACHE_NAME, {"plugins": _signature(registry.entry_points), "types": owners})
 
 
 def _check_type(cls: object) -> None:
