@@ -94,8 +94,8 @@ class Context:
     def latest(self) -> TimedValues:
         """The latest values (and their update times) arriving at the component's inputs,
         kept by the core: each update is applied once, before any component's `on_update`,
-        however many components read it. Ask for it in `__init__`. Outside an engine,
-        `canbridge.testing.feed` keeps it."""
+        however many components read it. It holds what arrived since it was first asked
+        for, so ask in `__init__`. Outside an engine, `canbridge.testing.feed` keeps it."""
         return self.inputs_view()
 
     def bus(self, name: str) -> BusHandle:
