@@ -35,9 +35,10 @@ BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 30.0
 SEND_TIMEOUT = 0.01
 RECV_TIMEOUT = 1.0
-READER_JOIN_SECS = 0.05
 """How long a reader waits for a frame before it looks at stop and reopen requests: an idle
 bus wakes its thread once a second (a stop still ends within 2 s)."""
+READER_JOIN_SECS = 0.05
+"""How long closing a bus waits for its reader: one inside its receive call ends by itself."""
 
 BUS_LEVEL_KEYS = frozenset({"fd", "data_bitrate", "timing", "auto_reset", "config_context",
                             "ignore_config", "context"})
@@ -152,8 +153,7 @@ class BusHandle:
         self._stop.set()
         if self._thread is not None:
             # A reader inside its receive call ends by itself within RECV_TIMEOUT: a daemon
-            # thread that, once stopped, delivers nothing and ignores what fails. A stop does
-            # not wait out that timeout.
+            # thread that, once stopped, delivers nothing and ignores what fails.
             self._thread.join(timeout=READER_JOIN_SECS)
         with self._lock:
             if self._bus is not None:

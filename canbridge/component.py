@@ -5,9 +5,8 @@ schema. The engine builds one instance per table of the pipeline file, calls `st
 then plain methods per event: `on_frame` for frames on its bus, `on_update` for signal
 updates from its inputs, timers it set on `context.clock`. `context.latest` holds the latest
 values of its inputs, kept by the core: a sink that only reads values at its own timers
-needs no `on_update` at all. `stop()` flushes; `status()`
-reports health. Everything runs on the engine thread, so a component needs no locks unless
-it starts threads of its own.
+needs no `on_update` at all. `stop()` flushes; `status()` reports health. Everything runs on
+the engine thread, so a component needs no locks unless it starts threads of its own.
 """
 
 from __future__ import annotations
