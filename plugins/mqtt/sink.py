@@ -345,9 +345,10 @@ class MqttSink(Sink):
             try:
                 command = control.parse(payload)
             except ValueError as exc:
-                self.commands_refused += 1
+                # Logged before counted: whoever sees the count can rely on the log line.
                 self.context.limited.warning(("refused", topic), "%s: refused %s %r: %s",
                                              self.name, topic, payload[:64], exc)
+                self.commands_refused += 1
                 return
             self.context.post(lambda: board.command(command))
 
