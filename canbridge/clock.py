@@ -47,17 +47,25 @@ class Clock:
     """Pipeline time in seconds, plus the timer queue the engine drives.
 
     `virtual=False`: time is `time.monotonic()`. `virtual=True`: time only moves when the
-    engine calls `advance_to` (replay at full speed, and tests).
+    engine calls `advance_to` (replay at full speed, and tests). `real_time` is what
+    `real_now()` reads: `time.monotonic` unless a test gives its own.
     """
 
-    def __init__(self, *, virtual: bool = False, start: float = 0.0):
+    def __init__(self, *, virtual: bool = False, start: float = 0.0,
+                 real_time: Callable[[], float] = time.monotonic):
         self.virtual = virtual
+        self._real_time = real_time
         self._now = start
         self._timers: list[tuple[float, int, Timer]] = []
         self._order = itertools.count()
 
     def now(self) -> float:
         return self._now if self.virtual else time.monotonic()
+
+    def real_now(self) -> float:
+        """Real monotonic time in seconds, whatever the pipeline time: what paces work whose
+        only audience is people (at full speed, days of pipeline time pass in a minute)."""
+        return self._real_time()
 
     def wall_time(self, at: float | None = None) -> float:
         """Unix time of pipeline time `at` (default now), for dates shown to people.

@@ -172,7 +172,8 @@ def test_discovery_state_availability_and_clean_stop(broker, make_sink):
 
 
 def test_legacy_discover_storage_topic(broker, make_sink):
-    clock = Clock(virtual=True, start=50.0)
+    # real time keeps pace with pipeline time (a replay at speed 1): every state goes out
+    clock = Clock(virtual=True, start=50.0, real_time=lambda: clock.now())
     with Subscriber(broker, ("DiscoverStorage",)) as sub:
         sink = make_sink(broker, clock, legacy_topic="DiscoverStorage", discovery=False)
         feed(sink, Update(50.0, {**LIMITS, **MEASURED, **FLAGS, **IDENTITY}))
@@ -198,6 +199,32 @@ def test_legacy_discover_storage_topic(broker, make_sink):
             "stateOfCharge": 100, "inverterFakeoutSOC": 99, "isCellBalancingActive": True,
             "cellBalancingRemainingTime": 1234, "batteryTemperature": 12.3,
             "batteryTemperatureF": 54.2}
+
+
+def test_at_full_speed_periodic_states_are_paced_in_real_time(broker, make_sink):
+    """A virtual clock (speed "max") runs through periodic states far faster than anyone
+    reads them: one is built per publish_every_secs of real time; an alarm change goes out
+    at once whatever the pace."""
+    real = [1000.0]
+    clock = Clock(virtual=True, start=50.0, real_time=lambda: real[0])
+    with Subscriber(broker, (STATE,)) as sub:
+        sink = make_sink(broker, clock, discovery=False, publish_every_secs=5)
+        feed(sink, Update(50.0, {**LIMITS, **MEASURED, **FLAGS}))
+        tick(clock)
+        assert sub.wait(STATE).json()["soc"] == 72
+        for second in range(10):  # 50 s of pipeline time in no real time: none built
+            feed(sink, Update(clock.now(), {"soc": 73 + second}))
+            tick(clock)
+        assert sink.status()["states_skipped"] == 10
+        mark = sub.mark()
+        feed(sink, Update(clock.now(), {**FLAGS, "alarm_report": True,
+                                        "alarm_high_voltage": True}))
+        assert sub.wait(STATE, after=mark).json()["alarm_high_voltage"] is True
+        real[0] += 5.0
+        mark = sub.mark()
+        tick(clock)
+        assert sub.wait(STATE, after=mark).json()["soc"] == 82
+        assert sink.status()["states_skipped"] == 10
 
 
 def test_broker_down_at_start_then_appears(late_broker, make_sink):

@@ -136,11 +136,6 @@ class Link:
                 self._sticky[topic] = message
             self._cond.notify()
 
-    def waiting(self, topic: str) -> bool:
-        """A message for `topic` is queued and not sent yet."""
-        with self._cond:
-            return topic in self._pending
-
     def republish(self) -> None:
         """Queue every sticky message again (Home Assistant restarted, say)."""
         with self._cond:

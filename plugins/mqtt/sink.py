@@ -2,7 +2,9 @@
 
 Topics (PREFIX = topic_prefix, NODE = node_id):
 - PREFIX/NODE/state: one JSON object, every latest signal by name plus `health`, sent every
-  `publish_every_secs` and at once when an alarm turns on or off.
+  `publish_every_secs` and at once when an alarm turns on or off. A full-speed replay sends
+  it at most every `publish_every_secs` of real time, as a live bridge does, besides every
+  alarm change and the final state.
 - PREFIX/NODE/status: retained `online`, `offline` on a clean stop and as the last will.
 - DISCOVERY/sensor|binary_sensor/NODE/SIGNAL/config: retained, one per signal once it has
   been seen, sent again whenever Home Assistant announces `online` on DISCOVERY/status.
@@ -162,6 +164,7 @@ class MqttSink(Sink):
         self.status_topic = f"{base}/status"
         self.commands_refused = 0
         self.skipped = 0
+        self._next_replay_state = 0.0  # clock.real_now() of the next periodic state at "max"
         self.latest = context.latest
         self._identity: dict[str, Value] = {}  # identity values as last seen
         self._alarms: set[str] = set()  # active alarms as last published
@@ -298,14 +301,18 @@ class MqttSink(Sink):
     def publish_state(self, *, always: bool = False) -> None:
         """Queue the state object (and the legacy one); the latest queued wins.
 
-        In a full-speed replay most periodic states would be replaced before the broker
-        takes them: one still waiting is not built again. An alarm change and the last state
-        (`always`) are always queued."""
+        A full-speed replay runs through days of periodic states a minute: they are built
+        and sent at most every `publish_every_secs` of real time, as often as a live bridge
+        sends them (more would only flood the broker and Home Assistant's history). An alarm
+        change and the last state (`always`) are always queued."""
         if self.link is None:
             return
-        if not always and self.clock.virtual and self.link.waiting(self.state_topic):
-            self.skipped += 1
-            return
+        if not always and self.clock.virtual:
+            now = self.clock.real_now()
+            if now < self._next_replay_state:
+                self.skipped += 1
+                return
+            self._next_replay_state = now + self.config["publish_every_secs"]
         values = self.latest.snapshot()
         state: dict[str, Any] = {}
         for name, value in values.items():
