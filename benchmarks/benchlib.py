@@ -32,6 +32,8 @@ sys.path.insert(0, str(BENCH.parent / "tests"))
 from broker import HOST, Mosquitto  # noqa: E402, F401  (re-exported for the scripts)
 
 PRODUCTION = BENCH.parent / "examples" / "pipeline.toml"
+SHM = Path("/dev/shm")
+"""A tmpfs, standing for the /run an installed bridge keeps its status file in."""
 
 
 def arguments(doc: str, runs: int | None = None) -> argparse.ArgumentParser:
@@ -62,13 +64,18 @@ def compile_tree(root: Path) -> None:
 def write_pipeline(folder: Path, battery: dict[str, Any], *, port: int,
                    record_inverter: bool = False, stale_after: float = 5.0,
                    sinks: dict[str, dict[str, Any]] | None = None,
-                   production: Path = PRODUCTION) -> Path:
+                   production: Path = PRODUCTION, status_on_tmpfs: bool = False) -> Path:
     """The production pipeline (examples/pipeline.toml, or `production`: a baseline tree's
     own) in `folder`, on software buses and a local broker, its files inside `folder` (fresh:
-    no balancing state, no old logs)."""
+    no balancing state, no old logs). `status_on_tmpfs`: the status file in RAM, as an
+    installed bridge has it (/run/canbridge), instead of in `folder`."""
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
+    status = folder / "status.json"
+    if status_on_tmpfs and SHM.is_dir():
+        status = SHM / f"canbridge-bench-{os.getpid()}-{folder.name}" / "status.json"
+        shutil.rmtree(status.parent, ignore_errors=True)
     config = tomllib.loads(production.read_text())
     config["pipeline"]["name"] = "bench"
     config["buses"]["battery"] = battery
@@ -84,7 +91,7 @@ def write_pipeline(folder: Path, battery: dict[str, Any], *, port: int,
         config["sinks"]["web"].update(listen="127.0.0.1:0",
                                       history_file=str(folder / "log" / "battery.csv"))
     config["sinks"].update(sinks or {})
-    config["status"] = {"file": str(folder / "status.json")}
+    config["status"] = {"file": str(status)}
     path = folder / "pipeline.toml"
     path.write_text(tomli_w.dumps(config))
     return path
@@ -99,6 +106,17 @@ class ChildRun:
     cpu: float
     peak_rss_mb: float
     stderr: str
+
+
+def thread_cpu_seconds(pid: int) -> dict[int, float]:
+    """CPU time each thread of process `pid` has used so far, by thread id."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            out[int(task.name)] = int((task / "schedstat").read_text().split()[0]) / 1e9
+        except (OSError, IndexError, ValueError):
+            continue  # the thread ended meanwhile
+    return out
 
 
 def canbridge_command(pipeline: Path, *args: str) -> list[str]:
@@ -171,13 +189,12 @@ class Child:
         per thread (/proc/PID/task/TID/schedstat), where /proc/PID/stat counts 10 ms ticks,
         too coarse for a process that is idle nearly all the time. A thread that ended is
         not counted: measure windows in which the pipeline's threads all live."""
-        total = 0
-        for task in Path(f"/proc/{self.pid}/task").iterdir():
-            try:
-                total += int((task / "schedstat").read_text().split()[0])
-            except (OSError, IndexError, ValueError):
-                continue  # the thread ended meanwhile
-        return total / 1e9
+        return sum(self.thread_cpu_seconds().values())
+
+    def thread_cpu_seconds(self) -> dict[int, float]:
+        """cpu_seconds per thread id (canbridge's engine thread is the one whose id is
+        `pid`)."""
+        return thread_cpu_seconds(self.pid)
 
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():

@@ -3,20 +3,25 @@
     python benchmarks/live.py [--runs N] [--secs S]
 
 The battery bus replays benchmarks/data/lynk2-day.log at `speed = 1.0` (5 frames every
-second, 5 more every 10 s, as the gateway sends them); the inverter bus is `virtual` and
-recorded; mqtt publishes to a local mosquitto; datalog writes its CSV. A benchmark-only sink
-(latency_probe.py) sits beside the real sinks. Per run, after a 5 s warm-up and for S
-seconds (default 60):
+second, 5 more every 10 s, as the gateway sends them; the replay thread stands for the
+socketcan reader, as this machine has no vcan); the inverter bus is `virtual`; mqtt
+publishes to a local mosquitto; datalog writes its CSV. Each run is two children, one after
+the other, each measured for S seconds (default 60) after a 5 s warm-up:
 
-- CPU: user + system time of the canbridge process (all threads, /proc/PID/stat) over the
-  measured window, as % of one core; peak RSS: ru_maxrss of the child (wait4).
-- Burst period jitter: |interval - period_secs| between consecutive bursts, from the
-  recorded send times of 0x351 (the first frame of each burst), p50 and p99.
-- Frame-to-sink delay: for every update, from the moment the bus thread handed the frame
-  to the engine until the last sink had it (see latency_probe.py), p50 and p99 of the
-  updates after the warm-up, and the largest delay within the warm-up on its own (start-up
-  work: connecting to the broker, announcing every signal to Home Assistant).
-- Start-up: from spawning `canbridge run` to the first Pylontech frame recorded.
+- The CPU child is the production pipeline as installed, with nothing of the benchmark's
+  inside it (the status file on tmpfs, as /run on a Pi). CPU: the kernel's nanosecond run
+  time of every thread (/proc/PID/task/TID/schedstat) over the window, as % of one core,
+  with the engine thread's and the other threads' share in ms per second; peak RSS:
+  ru_maxrss of the child (wait4).
+- The timing child adds the instruments, which cost CPU of their own: the inverter bus
+  recorded, and a benchmark-only sink (latency_probe.py) beside the real sinks.
+  - Burst period jitter: |interval - period_secs| between consecutive bursts, from the
+    recorded send times of 0x351 (the first frame of each burst), p50 and p99.
+  - Frame-to-sink delay: for every update, from the moment the bus thread handed the frame
+    to the engine until the last sink had it (see latency_probe.py), p50 and p99 of the
+    updates after the warm-up, and the largest delay within the warm-up on its own
+    (start-up work: connecting to the broker, announcing every signal to Home Assistant).
+  - Start-up: from spawning `canbridge run` to the first Pylontech frame recorded.
 
 Targets: CPU <= 0.12 % (the performance issue; 0.5 % before it), RSS <= 40 MB, jitter
 p50/p99 <= 2/10 ms, delay p50/p99 <= 1/5 ms, first frame <= 0.10 s.
@@ -25,7 +30,9 @@ p50/p99 <= 2/10 ms, delay p50/p99 <= 1/5 ms, first frame <= 0.10 s.
 from __future__ import annotations
 
 import itertools
+import shutil
 import time
+import tomllib
 from pathlib import Path
 
 import benchlib
@@ -39,7 +46,9 @@ def first_frames(record: Path, frame_id: int) -> list[float]:
     return [m.timestamp for m in benchlib.read_capture(record) if m.arbitration_id == frame_id]
 
 
-def one_run(index: int, capture: Path, port: int, secs: float) -> dict[str, float]:
+def timing_run(index: int, capture: Path, port: int, secs: float) -> dict[str, float]:
+    """The production pipeline with the benchmark's instruments: the inverter bus recorded
+    (burst times), the latency probe beside the sinks (delays)."""
     folder = benchlib.DATA / f"live-{index}"
     battery = {"interface": "replay", "path": str(capture), "speed": 1.0}
     probe = {"type": "latency-probe", "inputs": ["balancing"],
@@ -47,11 +56,7 @@ def one_run(index: int, capture: Path, port: int, secs: float) -> dict[str, floa
     pipeline = benchlib.write_pipeline(folder, battery, port=port, record_inverter=True,
                                      sinks={"probe": probe})
     child = benchlib.Child(pipeline, log=folder / "canbridge.log", env=benchlib.probe_env())
-    time.sleep(WARMUP_SECS)
-    cpu_before, wall_before = child.cpu_seconds(), time.monotonic()
-    time.sleep(secs)
-    cpu = child.cpu_seconds() - cpu_before
-    window = time.monotonic() - wall_before
+    time.sleep(WARMUP_SECS + secs)
     child.interrupt()
     run = child.reap()
     if run.exit_code != 0:
@@ -65,8 +70,6 @@ def one_run(index: int, capture: Path, port: int, secs: float) -> dict[str, floa
     delays = [d * 1e3 for t, d in pairs if t - first >= WARMUP_SECS]
     startup_delays = [d * 1e3 for t, d in pairs if t - first < WARMUP_SECS]
     return {
-        "cpu_pct": cpu / window * 100.0,
-        "peak_rss_mb": run.peak_rss_mb,
         "jitter_p50_ms": benchlib.percentile(jitter, 50),
         "jitter_p99_ms": benchlib.percentile(jitter, 99),
         "jitter_max_ms": max(jitter),
@@ -80,8 +83,39 @@ def one_run(index: int, capture: Path, port: int, secs: float) -> dict[str, floa
     }
 
 
+def cpu_run(index: int, capture: Path, port: int, secs: float) -> dict[str, float]:
+    """The production pipeline as installed, nothing of the benchmark's inside it: no
+    recording, no probe, the status file on tmpfs (/run on a Pi)."""
+    folder = benchlib.DATA / f"live-cpu-{index}"
+    battery = {"interface": "replay", "path": str(capture), "speed": 1.0}
+    pipeline = benchlib.write_pipeline(folder, battery, port=port, status_on_tmpfs=True)
+    child = benchlib.Child(pipeline, log=folder / "canbridge.log")
+    time.sleep(WARMUP_SECS)
+    before, wall_before = child.thread_cpu_seconds(), time.monotonic()
+    time.sleep(secs)
+    after = child.thread_cpu_seconds()
+    window = time.monotonic() - wall_before
+    engine_thread = child.pid
+    child.interrupt()
+    run = child.reap()
+    status = Path(tomllib.loads(pipeline.read_text())["status"]["file"])
+    if status.parent != folder:
+        shutil.rmtree(status.parent, ignore_errors=True)
+    if run.exit_code != 0:
+        raise SystemExit(f"canbridge exited with {run.exit_code}:\n{run.stderr[-3000:]}")
+    used = {tid: cpu - before[tid] for tid, cpu in after.items() if tid in before}
+    return {
+        "cpu_pct": sum(used.values()) / window * 100.0,
+        "engine_ms_per_s": used.get(engine_thread, 0.0) / window * 1e3,
+        "others_ms_per_s": (sum(used.values()) - used.get(engine_thread, 0.0)) / window * 1e3,
+        "peak_rss_mb": run.peak_rss_mb,
+    }
+
+
 def describe(r: dict[str, float]) -> str:
-    return (f"CPU {r['cpu_pct']:.2f} % of a core, peak RSS {r['peak_rss_mb']:.1f} MB, "
+    return (f"CPU {r['cpu_pct']:.3f} % of a core (engine thread {r['engine_ms_per_s']:.2f} ms/s, "
+            f"other threads {r['others_ms_per_s']:.2f} ms/s), peak RSS "
+            f"{r['peak_rss_mb']:.1f} MB, "
             f"jitter p50 {r['jitter_p50_ms']:.2f} / p99 {r['jitter_p99_ms']:.2f} / max "
             f"{r['jitter_max_ms']:.2f} ms ({r['bursts']:.0f} bursts), delay p50 "
             f"{r['delay_p50_ms']:.3f} / p99 {r['delay_p99_ms']:.3f} / max "
@@ -99,7 +133,8 @@ def main() -> None:
     results = []
     with benchlib.Mosquitto(benchlib.DATA / "broker-live") as broker:
         for index in range(args.runs):
-            results.append(one_run(index, capture, broker.port, args.secs))
+            results.append(cpu_run(index, capture, broker.port, args.secs)
+                           | timing_run(index, capture, broker.port, args.secs))
             print(f"  run {index + 1}: {describe(results[-1])}")
     med = {key: benchlib.median([r[key] for r in results]) for key in results[0]}
     print(f"median of {len(results)}: {describe(med)}")

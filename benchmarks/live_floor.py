@@ -1,0 +1,106 @@
+"""live-floor: live.py's idle CPU with the libraries alone, the yardstick of its CPU figure.
+
+    python benchmarks/live_floor.py [--runs N] [--secs S]
+
+The least any bridge built on these libraries does at the LYNK II's rate, with nothing of
+canbridge: a reader thread plays `data/lynk2-day.log` in real time (python-can's
+`LogReader`, a sleep until each frame is due, as live.py's replay thread does) and hands
+every frame to the main thread through a `queue.SimpleQueue`; the main thread decodes it
+with cantools (`Database.decode_message`) and, once a second, encodes the six Pylontech
+burst frames with cantools and sends them with python-can on a `virtual` bus. No MQTT, no
+web page, no data log, no status file, no safety rules. CPU is measured per thread from the
+kernel's nanosecond run time, after a 5 s warm-up, for S seconds (default 60), as live.py
+measures canbridge.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import benchlib
+
+WARMUP_SECS = 5.0
+
+FLOOR = """\
+import queue, sys, threading, time
+import can, cantools.database
+from canbridge.databases import builtin_dbc
+
+lynk = cantools.database.load_file(str(builtin_dbc("discover_lynk2")))
+pylon = cantools.database.load_file(str(builtin_dbc("pylontech")))
+burst = [pylon.get_message_by_frame_id(i) for i in (0x351, 0x355, 0x356, 0x359, 0x35C, 0x35E)]
+bus = can.Bus(interface="virtual", channel=f"live-floor-{id(lynk)}")
+known = {m.frame_id for m in lynk.messages}
+latest = {s.name: 0 for m in pylon.messages for s in m.signals}
+latest.update(soh=100, module_count=3, manufacturer=0x2020204E4F4C5950)
+copied = {s.name for i in (0x351, 0x355, 0x356) for s in pylon.get_message_by_frame_id(i).signals}
+frames = queue.SimpleQueue()
+
+def play():
+    started, first = time.monotonic(), None
+    for frame in can.LogReader(sys.argv[1]):
+        first = frame.timestamp if first is None else first
+        delay = started + frame.timestamp - first - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        frames.put(frame)
+
+threading.Thread(target=play, daemon=True).start()
+tick = time.monotonic() + 1.0
+while True:
+    try:
+        frame = frames.get(timeout=max(tick - time.monotonic(), 0.0))
+    except queue.Empty:
+        frame = None
+    if frame is not None and frame.arbitration_id in known:
+        values = lynk.decode_message(frame.arbitration_id, frame.data, decode_choices=False)
+        for name, value in values.items():
+            if name in copied:
+                latest[name] = value
+    if time.monotonic() >= tick:
+        tick += 1.0
+        for message in burst:
+            data = message.encode({s.name: latest[s.name] for s in message.signals},
+                                  strict=False)
+            bus.send(can.Message(arbitration_id=message.frame_id, data=data,
+                                 is_extended_id=False))
+"""
+
+
+def one_run(capture: benchlib.Path, secs: float) -> tuple[float, float]:
+    """(% of a core, of which the main thread in ms per second)."""
+    process = subprocess.Popen([sys.executable, "-c", FLOOR, str(capture)])
+    try:
+        time.sleep(WARMUP_SECS)
+        before, wall_before = benchlib.thread_cpu_seconds(process.pid), time.monotonic()
+        time.sleep(secs)
+        after = benchlib.thread_cpu_seconds(process.pid)
+        window = time.monotonic() - wall_before
+    finally:
+        process.kill()
+        process.wait()
+    used = {tid: cpu - before[tid] for tid, cpu in after.items() if tid in before}
+    return sum(used.values()) / window * 100.0, used.get(process.pid, 0.0) / window * 1e3
+
+
+def main() -> None:
+    parser = benchlib.arguments(__doc__, runs=3)
+    parser.add_argument("--secs", type=float, default=60.0)
+    args = parser.parse_args()
+    capture = benchlib.day_capture()
+    benchlib.compile_tree(benchlib.BENCH.parent)
+    print(f"live-floor: {args.secs:g} s per run after {WARMUP_SECS:g} s warm-up; "
+          f"{benchlib.machine()}")
+    results = []
+    for index in range(args.runs):
+        results.append(one_run(capture, args.secs))
+        cpu, main_thread = results[-1]
+        print(f"  run {index + 1}: CPU {cpu:.3f} % of a core (main thread {main_thread:.2f} ms/s)")
+    print(f"median of {args.runs}: CPU {benchlib.median([r[0] for r in results]):.3f} % of a "
+          f"core (main thread {benchlib.median([r[1] for r in results]):.2f} ms/s)")
+
+
+if __name__ == "__main__":
+    main()
