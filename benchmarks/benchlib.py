@@ -61,6 +61,40 @@ def compile_tree(root: Path) -> None:
             compileall.compile_dir(root / package, quiet=1)
 
 
+LIBRARIES_ONLY = """\
+import can, cantools.database
+from canbridge.databases import builtin_dbc
+
+lynk = cantools.database.load_file(str(builtin_dbc("discover_lynk2")))
+pylon = cantools.database.load_file(str(builtin_dbc("pylontech")))
+burst = [pylon.get_message_by_frame_id(i) for i in (0x351, 0x355, 0x356, 0x359, 0x35C, 0x35E)]
+bus = can.Bus(interface="virtual", channel=f"floor-{id(lynk)}")
+known = {m.frame_id for m in lynk.messages}
+latest = {s.name: 0 for m in pylon.messages for s in m.signals}
+latest.update(soh=100, module_count=3, manufacturer=0x2020204E4F4C5950)
+copied = {s.name for i in (0x351, 0x355, 0x356) for s in pylon.get_message_by_frame_id(i).signals}
+
+def take(frame):
+    if frame.arbitration_id in known:
+        values = lynk.decode_message(frame.arbitration_id, frame.data, decode_choices=False)
+        for name, value in values.items():
+            if name in copied:
+                latest[name] = value
+
+def send_burst(send=True):
+    for message in burst:
+        data = message.encode({s.name: latest[s.name] for s in message.signals}, strict=False)
+        if send:
+            bus.send(can.Message(arbitration_id=message.frame_id, data=data,
+                                 is_extended_id=False))
+"""
+"""The start of the floor scripts' child programs: what any bridge built on python-can and
+cantools does, with nothing of canbridge: `take(frame)` decodes a LYNK II frame and keeps
+the values the burst copies (limits, SOC, voltage, current, temperature; flags stay 0),
+`send_burst()` encodes the six Pylontech burst frames from them and sends them on a
+`virtual` bus."""
+
+
 def write_pipeline(folder: Path, battery: dict[str, Any], *, port: int,
                    record_inverter: bool = False, stale_after: float = 5.0,
                    sinks: dict[str, dict[str, Any]] | None = None,

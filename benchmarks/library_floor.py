@@ -25,34 +25,14 @@ import benchlib
 
 TARGET_RATIO = 1.3
 
-FLOOR = """\
+FLOOR = benchlib.LIBRARIES_ONLY + """
 import sys
-import can, cantools.database
-from canbridge.databases import builtin_dbc
 
 capture, send = sys.argv[1], sys.argv[2] == "send"
-lynk = cantools.database.load_file(str(builtin_dbc("discover_lynk2")))
-pylon = cantools.database.load_file(str(builtin_dbc("pylontech")))
-burst = [pylon.get_message_by_frame_id(i) for i in (0x351, 0x355, 0x356, 0x359, 0x35C, 0x35E)]
-bus = can.Bus(interface="virtual", channel=f"floor-{id(lynk)}")
-known = {m.frame_id for m in lynk.messages}
-latest = {s.name: 0 for m in pylon.messages for s in m.signals}
-latest.update(soh=100, module_count=3, manufacturer=0x2020204E4F4C5950)
-copied = {s.name for i in (0x351, 0x355, 0x356) for s in pylon.get_message_by_frame_id(i).signals}
 for frame in can.LogReader(capture):
-    if frame.arbitration_id not in known:
-        continue
-    values = lynk.decode_message(frame.arbitration_id, frame.data, decode_choices=False)
-    for name, value in values.items():
-        if name in copied:
-            latest[name] = value
+    take(frame)
     if frame.arbitration_id == 0x351:
-        for message in burst:
-            data = message.encode({s.name: latest[s.name] for s in message.signals},
-                                  strict=False)
-            if send:
-                bus.send(can.Message(arbitration_id=message.frame_id, data=data,
-                                     is_extended_id=False))
+        send_burst(send)
 bus.shutdown()
 """
 

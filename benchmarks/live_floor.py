@@ -23,19 +23,9 @@ import benchlib
 
 WARMUP_SECS = 5.0
 
-FLOOR = """\
+FLOOR = benchlib.LIBRARIES_ONLY + """
 import queue, sys, threading, time
-import can, cantools.database
-from canbridge.databases import builtin_dbc
 
-lynk = cantools.database.load_file(str(builtin_dbc("discover_lynk2")))
-pylon = cantools.database.load_file(str(builtin_dbc("pylontech")))
-burst = [pylon.get_message_by_frame_id(i) for i in (0x351, 0x355, 0x356, 0x359, 0x35C, 0x35E)]
-bus = can.Bus(interface="virtual", channel=f"live-floor-{id(lynk)}")
-known = {m.frame_id for m in lynk.messages}
-latest = {s.name: 0 for m in pylon.messages for s in m.signals}
-latest.update(soh=100, module_count=3, manufacturer=0x2020204E4F4C5950)
-copied = {s.name for i in (0x351, 0x355, 0x356) for s in pylon.get_message_by_frame_id(i).signals}
 frames = queue.SimpleQueue()
 
 def play():
@@ -51,21 +41,12 @@ threading.Thread(target=play, daemon=True).start()
 tick = time.monotonic() + 1.0
 while True:
     try:
-        frame = frames.get(timeout=max(tick - time.monotonic(), 0.0))
+        take(frames.get(timeout=max(tick - time.monotonic(), 0.0)))
     except queue.Empty:
-        frame = None
-    if frame is not None and frame.arbitration_id in known:
-        values = lynk.decode_message(frame.arbitration_id, frame.data, decode_choices=False)
-        for name, value in values.items():
-            if name in copied:
-                latest[name] = value
+        pass
     if time.monotonic() >= tick:
         tick += 1.0
-        for message in burst:
-            data = message.encode({s.name: latest[s.name] for s in message.signals},
-                                  strict=False)
-            bus.send(can.Message(arbitration_id=message.frame_id, data=data,
-                                 is_extended_id=False))
+        send_burst()
 """
 
 

@@ -12,13 +12,17 @@ the time to canbridge's "starting pipeline" log line (everything before the firs
 can arrive). The first run starts with an empty cache folder (no plugin index, no DBC
 layouts: the first start after an install or an upgrade) and is printed on its own; the
 median is of the runs after it, as every later start of an installed bridge. canbridge's
-modules are byte-compiled first, as `pip install` leaves them. Target: <= 0.10 s.
+modules are byte-compiled first, as `pip install` leaves them. Also printed, as the floor
+of any bridge built on python-can: the median time of `python -c "import can"` from spawn
+to exit in the same interpreter and environment. Target: <= 0.10 s.
 """
 
 from __future__ import annotations
 
 import re
 import shutil
+import subprocess
+import sys
 import time
 from datetime import datetime
 
@@ -49,6 +53,16 @@ def one_run(index: int, capture: benchlib.Path, port: int) -> tuple[float, float
     return frames[0].timestamp - run.started, ready
 
 
+def import_can_secs(runs: int) -> float:
+    """Spawn to exit of `python -c "import can"`: what python-can costs before any bridge."""
+    times = []
+    for _ in range(runs):
+        started = time.monotonic()
+        subprocess.run([sys.executable, "-c", "import can"], check=True)
+        times.append(time.monotonic() - started)
+    return benchlib.median(times)
+
+
 def main() -> None:
     parser = benchlib.arguments(__doc__, runs=7)
     args = parser.parse_args()
@@ -67,6 +81,8 @@ def main() -> None:
                 readies.append(ready)
     first, ready = benchlib.median(firsts), benchlib.median(readies)
     print(f"median of {args.runs}: first frame {first:.3f} s, pipeline starting at {ready:.3f} s")
+    print(f"the interpreter and `import can` alone: {import_can_secs(args.runs):.3f} s "
+          f"(median of {args.runs})")
     print(f"target: first frame <= {TARGET_SECS:g} s "
           f"{'met' if first <= TARGET_SECS else 'NOT met'}")
 
