@@ -17,6 +17,18 @@ REPO = TESTS.parent
 SAMPLE = REPO / "examples" / "captures" / "lynk2-sample.log"
 """Four minutes of a real LYNK II's traffic, as shipped with the examples."""
 
+LYNK_TO_PYLONTECH = """\
+[sources.lynk]
+type = "discover-lynk2"
+bus = "battery"
+[sinks.inverter]
+type = "pylontech"
+inputs = ["lynk"]
+bus = "inverter"
+"""
+"""The smallest bridge, for a pipeline file that declares the buses `battery` and
+`inverter` before it."""
+
 
 @pytest.fixture
 def channel() -> str:

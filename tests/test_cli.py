@@ -12,7 +12,15 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import REPO, SAMPLE, canbridge_cmd, run_canbridge, subprocess_env, write_capture
+from conftest import (
+    LYNK_TO_PYLONTECH,
+    REPO,
+    SAMPLE,
+    canbridge_cmd,
+    run_canbridge,
+    subprocess_env,
+    write_capture,
+)
 
 T0 = 1745512155.0
 
@@ -278,14 +286,7 @@ path = "{sample}"
 [buses.inverter]
 interface = "virtual"
 channel = "lazy-{channel}"
-[sources.lynk]
-type = "discover-lynk2"
-bus = "battery"
-[sinks.inverter]
-type = "pylontech"
-inputs = ["lynk"]
-bus = "inverter"
-"""
+""" + LYNK_TO_PYLONTECH
 IMPORTED = """\
 import sys
 from canbridge.cli import _load, main

@@ -12,7 +12,7 @@ from pathlib import Path
 import can
 import pytest
 from broker import mosquitto_fixture
-from conftest import SAMPLE
+from conftest import LYNK_TO_PYLONTECH, SAMPLE
 
 from canbridge.config import load_pipeline
 from canbridge.doctor import FAIL, OK, WARN, check_link, check_mqtt, doctor, parse_link
@@ -88,13 +88,7 @@ channel = "{battery}"
 [buses.inverter]
 interface = "virtual"
 channel = "{inverter}"
-[sources.lynk]
-type = "discover-lynk2"
-bus = "battery"
-[sinks.inverter]
-type = "pylontech"
-inputs = ["lynk"]
-bus = "inverter"
+{LYNK_TO_PYLONTECH}
 """)
     return path
 

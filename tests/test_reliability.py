@@ -12,7 +12,7 @@ from pathlib import Path
 
 import can
 import pytest
-from conftest import SAMPLE
+from conftest import LYNK_TO_PYLONTECH, SAMPLE
 
 from canbridge import engine as engine_module
 from canbridge.config import load_pipeline
@@ -186,13 +186,7 @@ speed = "max"
 interface = "virtual"
 channel = "jump-{uuid.uuid4()}"
 record = "{tmp_path / 'inverter.log'}"
-[sources.lynk]
-type = "discover-lynk2"
-bus = "battery"
-[sinks.inverter]
-type = "pylontech"
-inputs = ["lynk"]
-bus = "inverter"
+{LYNK_TO_PYLONTECH}
 """)
     started = time.monotonic()
     result = run_canbridge("run", str(path), timeout=60)

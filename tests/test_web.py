@@ -20,7 +20,7 @@ from pathlib import Path
 import can
 import pytest
 from canbridge_plugins.web.sink import IDLE_REFRESH_SECS, WebSink
-from conftest import SAMPLE, canbridge_cmd, run_canbridge, subprocess_env
+from conftest import LYNK_TO_PYLONTECH, SAMPLE, canbridge_cmd, run_canbridge, subprocess_env
 
 from canbridge import Clock, Update
 from canbridge.testing import build, feed, run_timers
@@ -52,13 +52,7 @@ loop = true
 interface = "virtual"
 channel = "web-{uuid.uuid4()}"
 record = "{self.record}"
-[sources.lynk]
-type = "discover-lynk2"
-bus = "battery"
-[sinks.inverter]
-type = "pylontech"
-inputs = ["lynk"]
-bus = "inverter"
+{LYNK_TO_PYLONTECH}
 [sinks.web]
 type = "web"
 inputs = ["lynk"]
