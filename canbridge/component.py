@@ -111,6 +111,12 @@ class Component:
     foreign_ids: ClassVar[frozenset[int]] = frozenset()
     """CAN IDs another node owns on this component's `bus`: canbridge must never transmit
     them there (a `[forwards]` table that would is refused)."""
+    reads: frozenset[str] | None = None
+    """The signal names `on_update` looks at, for a component that ignores updates without
+    any of them: it is then handed only updates carrying one of them, and a transform's other
+    updates pass it by, exactly as if it had emitted them unchanged (most updates, for a
+    filter of one signal). None: every update. Set it in `__init__` when it depends on the
+    options."""
 
     def __init__(self, name: str, config: Mapping[str, Any], context: Context):
         self.name = name

@@ -33,12 +33,15 @@ def as_is(values: dict[str, Any]) -> Values:
 
 
 class _Frame:
-    __slots__ = ("convert", "decode", "length")
+    __slots__ = ("convert", "decode", "last_data", "last_out", "length", "repeats")
 
-    def __init__(self, message: Message, convert: Convert):
+    def __init__(self, message: Message, convert: Convert, repeats: bool):
         self.length = message.length
         self.decode = Decoder(message).decode
         self.convert = convert
+        self.repeats = repeats
+        self.last_data: bytes | None = None
+        self.last_out: Values | None = None
 
 
 class FrameSource(Source):
@@ -57,9 +60,16 @@ class FrameSource(Source):
         self._unknown_ids: set[int] = set()
         self._last_seen: float | None = None
 
-    def add_message(self, message: Message, convert: Convert = as_is) -> None:
+    def add_message(self, message: Message, convert: Convert = as_is, *,
+                    repeats: bool = True) -> None:
+        """Decode `message` and turn its values into vocabulary values with `convert`.
+
+        With `repeats` (a convert that depends on the frame alone), a frame with the same
+        data bytes as the previous one of its ID gives the same values without decoding
+        again: most frames of a battery repeat their predecessor. A convert that joins
+        several frames (two halves of a name) says `repeats=False`."""
         key = message.frame_id | (EXTENDED if message.is_extended_frame else 0)
-        self._frames[key] = _Frame(message, convert)
+        self._frames[key] = _Frame(message, convert, repeats)
         self._ids.add(message.frame_id)
 
     def on_frame(self, msg: can.Message) -> None:
@@ -87,14 +97,19 @@ class FrameSource(Source):
         if problem is not None:
             self._malformed(frame_id, problem)
             return
-        try:
-            values = frame.decode(data)
-        except CodecError as exc:
-            self._malformed(frame_id, str(exc))
-            return
+        if data == frame.last_data:
+            out = frame.last_out
+        else:
+            try:
+                values = frame.decode(data)
+            except CodecError as exc:
+                self._malformed(frame_id, str(exc))
+                return
+            out = frame.convert(values)
+            if frame.repeats:
+                frame.last_data, frame.last_out = bytes(data), out
         self.frames_decoded += 1
         self._last_seen = msg.timestamp
-        out = frame.convert(values)
         if out:
             self.updates_out += 1
             self.emit(Update(msg.timestamp, out))

@@ -30,6 +30,7 @@ from canbridge.component import Component, Sink
 from canbridge.schema import Choice, Number, Option, OptionError
 from canbridge.signals import (
     ALARM_REPORT,
+    CONDITION_NAMES,
     REPORT_NONE,
     TimedValues,
     Update,
@@ -48,6 +49,9 @@ NUMERIC = (*NEEDED, "soh", "soc_reported")
 NUMERIC_SET = frozenset(NUMERIC)
 CHECKED = frozenset((CVL, DVL, CCL, DCL, "voltage"))
 """Signals the plausibility check looks at."""
+READS = frozenset((*NUMERIC, ALARM_REPORT)) | CONDITION_NAMES
+"""Every signal the stop model looks at (an inverter sink's `reads`): an alarm outside the
+vocabulary counts only within an alarm report, which carries `alarm_report`."""
 
 CHARGE_BLOCKERS = ("alarm_high_voltage", "alarm_high_temp_charge", "alarm_low_temp_charge",
                    "alarm_high_charge_current")

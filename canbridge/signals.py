@@ -157,11 +157,16 @@ class TimedValues(LatestValues):
         """The pipeline time of the last update applied."""
 
     def apply(self, update: Update) -> Iterable[str]:
+        values = update.values
+        if ALARM_REPORT in values or not CONDITION_NAMES.isdisjoint(values):
+            forgotten = super().apply(update)
+            for name in forgotten:
+                del self._times[name]
+        else:  # most updates: no alarm to track, nothing to forget
+            forgotten = ()
+            self._values.update(values)
         self.last_update = update.timestamp
-        forgotten = super().apply(update)
-        for name in forgotten:
-            del self._times[name]
-        self._times.update(dict.fromkeys(update.values, update.timestamp))
+        self._times.update(dict.fromkeys(values, update.timestamp))
         return forgotten
 
     def updated_at(self, name: str) -> float | None:

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from canbridge.buses import BusHandle
 from canbridge.clock import Clock
-from canbridge.component import Component, Context
+from canbridge.component import Component, Context, Transform
 from canbridge.schema import OptionError, apply_schema
 from canbridge.signals import Update
 
@@ -49,9 +49,14 @@ def build(cls: type[C], options: Mapping[str, Any], *, name: str = "under_test",
 
 def feed(component: Component, update: Update) -> None:
     """Hand `update` to `component` as an engine would: its `context.latest` first, then
-    its `on_update`."""
+    its `on_update`, or, when the update has none of the names it `reads`, nothing (a
+    transform passes it on unchanged)."""
     component.context.latest.apply(update)
-    component.on_update(update)
+    reads = component.reads
+    if reads is None or not reads.isdisjoint(update.values):
+        component.on_update(update)
+    elif isinstance(component, Transform):
+        component.emit(update)
 
 
 def capture(component: Component) -> list[Update]:

@@ -43,6 +43,8 @@ BITRATE = 250_000
 ACTIVE, NORMAL = 1, 2
 REPORTED = frozenset((ACTIVE, NORMAL))
 TEXT_BYTES = 8
+MODEL_HALVES = ("ModelFirstHalf", "ModelSecondHalf")
+"""`model` joins these two frames: one repeating its bytes may still give a new model."""
 
 Values = dict[str, Value]
 
@@ -90,7 +92,8 @@ class DiscoverLynk2(FrameSource):
         db = load_dbc(builtin_dbc(DBC_NAME))
         # Limits, capacity, SOC/SOH and measurements carry vocabulary names as they are.
         for message in db.messages:
-            self.add_message(message, converters.get(message.name, as_is))
+            self.add_message(message, converters.get(message.name, as_is),
+                             repeats=message.name not in MODEL_HALVES)
         self._alarm_names = frozenset(
             s.name for s in db.get_message_by_name("AlarmsWarnings").signals
             if s.name.startswith(("alarm_", "warning_")))

@@ -51,6 +51,7 @@ class GlitchFilter(Transform):
     def __init__(self, name: str, config: Mapping[str, Any], context: Context):
         super().__init__(name, config, context)
         self._signal: str = self.config["signal"]
+        self.reads = frozenset((self._signal,))
         self._below: float | None = self.config["below"]
         self._above: float | None = self.config["above"]
         self._samples: int = self.config["samples"]

@@ -38,6 +38,7 @@ from canbridge import (
 from canbridge.databases import MessageLayout, builtin_dbc, load_dbc
 from canbridge.safety import (
     INVERTER_OPTIONS,
+    READS,
     Decision,
     InverterSink,
     StopModel,
@@ -126,6 +127,7 @@ class PylontechSink(InverterSink):
         self.pad = cfg["pad_to_8_bytes"]
         self.model = StopModel(
             self, sending=f"sending Pylontech frames every {self.period:g} s")
+        self.reads = READS
         self.frames_out = 0
         self.bursts = 0
         self.keepalives = 0
@@ -135,6 +137,10 @@ class PylontechSink(InverterSink):
         self._timer: Timer | None = None
         self._encoders = tuple(Encoder(message, ROUNDING) for message in
                                burst_messages(cfg["voltage_resolution"]))
+        # The last burst's frames, and the data each was made from: a frame whose data did
+        # not change is sent again as it is (the bus copies what it sends).
+        self._data: list[bytes | None] = [None] * len(self._encoders)
+        self._frames: list[can.Message] = [can.Message()] * len(self._encoders)
         self._constants: dict[str, Value] = {
             "module_count": cfg["modules"],
             "product_code": "PN",
@@ -220,13 +226,13 @@ class PylontechSink(InverterSink):
 
     def _send_burst(self, values: Mapping[str, Value]) -> None:
         clamped: list[str] = []
-        frames = []
-        for encoder in self._encoders:
+        frames = self._frames
+        for i, encoder in enumerate(self._encoders):
             data = encoder.encode(values, clamped)
-            if self.pad:
-                data = data.ljust(8, b"\0")
-            frames.append(can.Message(arbitration_id=encoder.frame_id, data=data,
-                                      is_extended_id=False))
+            if data is not self._data[i]:  # equal inputs give the very same bytes
+                self._data[i] = data
+                frames[i] = can.Message(arbitration_id=encoder.frame_id, is_extended_id=False,
+                                        data=data.ljust(8, b"\0") if self.pad else data)
         self.bursts += 1
         if clamped:
             self.context.limited.warning(

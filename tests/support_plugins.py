@@ -11,6 +11,7 @@ import can
 from canbridge import (
     BusRef,
     Integer,
+    ListOf,
     Number,
     Option,
     Sink,
@@ -55,13 +56,28 @@ class Ticker(Source):
         return {"state": "ok", "ticks": self.ticks, "errors": self.errors}
 
 
+READS = Option("reads", ListOf(Text()), None, "the signals on_update looks at (all: none given)")
+
+
+def _reads(component: Transform | Sink) -> None:
+    names = component.config["reads"]
+    component.reads = None if names is None else frozenset(names)
+
+
 class Tag(Transform):
     """Adds {"path": previous path + its own name}, to show ordering."""
 
     type_name = "test-tag"
     summary = "test: append the component name to 'path'"
+    options = (READS,)
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        _reads(self)
+        self.seen = 0
 
     def on_update(self, update: Update) -> None:
+        self.seen += 1
         self.emit(update.with_values({"path": f"{update.values.get('path', '')}/{self.name}"}))
 
 
@@ -89,6 +105,11 @@ class Collect(Sink):
 
     type_name = "test-collect"
     summary = "test: remember updates"
+    options = (READS,)
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        _reads(self)
 
     def start(self) -> None:
         self.received: list[Update] = []

@@ -109,6 +109,32 @@ def test_model_is_both_halves_joined_once_both_arrived() -> None:
     assert out[-1] == Update(T0 + 10, {"model": "Discover AES"})
 
 
+def test_a_repeated_half_joins_the_other_half_as_it_is_now() -> None:
+    # The same 0x370 bytes again must not give the model of before: the other half changed.
+    source, out = make_source()
+    source.on_frame(frame(0x370, b"Discover"))
+    source.on_frame(frame(0x371, b" AES\0\0\0\0", ts=T0 + 0.5))
+    source.on_frame(frame(0x371, b" LYNK\0\0\0", ts=T0 + 10.5))
+    source.on_frame(frame(0x370, b"Discover", ts=T0 + 20))
+    assert out[-1] == Update(T0 + 20, {"model": "Discover LYNK"})
+
+
+def test_a_repeated_frame_gives_the_same_values_without_decoding_again() -> None:
+    source, out = make_source()
+    decode = source._frames[0x356].decode
+    calls = []
+    source._frames[0x356].decode = lambda data: calls.append(data) or decode(data)
+    for ts, data in ((T0, "1702ECFF9CFF0000"), (T0 + 1, "1702ECFF9CFF0000"),
+                     (T0 + 2, "1702ECFF9CFF"), (T0 + 3, "1702ECFF9CFF0000"),
+                     (T0 + 4, "1802ECFF9CFF0000")):
+        source.on_frame(frame(0x356, data, ts=ts))
+    assert [(u.timestamp, u.values["voltage"]) for u in out] == [
+        (T0, 53.5), (T0 + 1, 53.5), (T0 + 3, 53.5), (T0 + 4, 53.6)]
+    assert len(calls) == 2  # the first frame and the changed one; the short one is skipped
+    status = source.status()
+    assert (status["frames_decoded"], status["frames_malformed"]) == (4, 1)
+
+
 def test_all_nul_identification_frames_emit_nothing() -> None:
     source, out = make_source()
     for frame_id, data in ((0x35E, bytes(8)), (0x370, bytes(8)), (0x371, bytes(8)),

@@ -13,6 +13,8 @@ from conftest import write_capture
 from canbridge.config import PipelineConfig, load_pipeline
 from canbridge.engine import Engine
 from canbridge.registry import load_registry
+from canbridge.signals import Update
+from canbridge.testing import build, capture, feed
 
 T0 = 1745512155.0
 
@@ -401,3 +403,58 @@ inputs = ["frames"]
     assert viewer.had_it == [True] * 30  # applied before any on_update
     assert reader.last == {"frame_id": 0x351 + 29 % 3, "byte0": 29}
     assert reader.latest.updated_at("byte0") == T0 + 29
+
+
+def test_an_update_without_the_names_a_component_reads_passes_it_by(tmp_path: Path) -> None:
+    capture = write_capture(tmp_path / "c.log", [(T0 + s / 2, 0x351, bytes([s])) for s in range(7)])
+    engine = run(tmp_path, replay(capture) + FRAMES + """
+[sources.tick]
+type = "test-ticker"
+period = 1.0
+
+[transforms.tag]
+type = "test-tag"
+inputs = ["frames", "tick"]
+reads = ["tick"]
+
+[sinks.out]
+type = "test-collect"
+inputs = ["tag"]
+
+[sinks.ticks]
+type = "test-collect"
+inputs = ["tag"]
+reads = ["tick"]
+
+[sinks.viewer]
+type = "test-read"
+inputs = ["tag"]
+""")
+    tag, out, ticks = (engine.components[n] for n in ("tag", "out", "ticks"))
+    # The transform ran for its ticks only; every frame update went by it unchanged, in order.
+    assert tag.seen == 3
+    assert [(u.timestamp, u.values.get("byte0"), u.values.get("tick"), u.values.get("path"))
+            for u in out.received] == [
+        (T0, 0, None, None), (T0 + 0.5, 1, None, None),
+        (T0 + 1, None, 1, "/tag"), (T0 + 1, 2, None, None), (T0 + 1.5, 3, None, None),
+        (T0 + 2, None, 2, "/tag"), (T0 + 2, 4, None, None), (T0 + 2.5, 5, None, None),
+        (T0 + 3, None, 3, "/tag"), (T0 + 3, 6, None, None)]
+    # A sink is not handed what it does not read; the view of the transform's output has all.
+    assert [u.values["tick"] for u in ticks.received] == [1, 2, 3]
+    assert engine.components["viewer"].last == {"frame_id": 0x351, "byte0": 6, "tick": 3,
+                                                 "path": "/tag"}
+    assert engine.updates == 7 + 3 + 7 + 3  # each layer's emits, passed-by ones included
+
+
+def test_testing_feed_passes_an_update_by_as_the_engine_does() -> None:
+    tag = build(support_plugins.Tag, {"inputs": ["frames"], "reads": ["tick"]})
+    sink = build(support_plugins.Collect, {"inputs": ["tag"], "reads": ["tick"]})
+    out = capture(tag)
+    frame, tick = Update(T0, {"byte0": 1}), Update(T0, {"tick": 1})
+    for update in (frame, tick):
+        feed(tag, update)
+        feed(sink, update)
+    assert out[0] is frame and out[1].values == {"tick": 1, "path": "/under_test"}
+    assert tag.seen == 1
+    assert sink.received == [tick]
+    assert sink.context.latest.snapshot() == {"byte0": 1, "tick": 1}  # its view has both

@@ -28,8 +28,8 @@ from test_pylontech import (
     hexes,
 )
 
-from canbridge import profiles
-from canbridge.testing import build
+from canbridge import Update, profiles
+from canbridge.testing import build, feed
 
 STEADY_35A = "ABAAFEAFAAFAFF"  # every supported field normal, the rest "not supported"
 HIGH_VOLTAGE_35A = "A7AAFEAFAAFAFF"  # field 1 = 1: over-voltage alarm
@@ -353,3 +353,41 @@ def test_a_battery_without_alarms_says_so_and_is_enabled():
         assert hexes(rig.last_burst()) == NO_REPORT_BURST
     finally:
         rig.close()
+
+
+UNREAD = {"capacity_nominal": st.just(280), "manufacturer": st.just("Discover"),
+          "alarm_custom": st.booleans(), "balancing_active": st.booleans()}
+
+
+def sent_bytes(rig: Rig) -> list[tuple[float, int, bytes]]:
+    return [(at, msg.arbitration_id, bytes(msg.data)) for at, msg in rig.sent]
+
+
+def test_the_signals_an_inverter_sink_reads_are_all_its_decisions_depend_on():
+    """Handed only the updates carrying a name of its `reads` (as the engine does), the sink
+    sends exactly the bursts it sends when handed every update."""
+    sliced = st.tuples(battery_states, st.fixed_dictionaries({}, optional=UNREAD)).map(
+        lambda both: {**both[0], **both[1]}).flatmap(
+        lambda state: st.lists(st.sampled_from(sorted(state)), min_size=1).map(
+            lambda names: {name: state[name] for name in names}))
+
+    @settings(max_examples=60, deadline=None)
+    @given(first=battery_states, updates=st.lists(sliced, min_size=1, max_size=12))
+    def check(first: dict[str, Any], updates: list[dict[str, Any]]) -> None:
+        every, read_only = Rig(), Rig()
+        try:
+            for n, update in enumerate([first, *updates]):
+                at = T0 + n
+                for rig in (every, read_only):
+                    rig.run_until(at)
+                every.sink.on_update(Update(at, update))
+                feed(read_only.sink, Update(at, update))
+            for rig in (every, read_only):
+                rig.run_until(T0 + len(updates) + 1.5)
+            assert len(every.sent) >= 6
+            assert sent_bytes(every) == sent_bytes(read_only)
+        finally:
+            every.close()
+            read_only.close()
+
+    check()

@@ -38,7 +38,7 @@ from canbridge import (
 )
 from canbridge.controls import BUTTON, Command, Control
 from canbridge.locations import location_problem
-from canbridge.signals import names_where
+from canbridge.signals import CONDITION_NAMES, names_where
 from canbridge.writer import write_soon
 
 from .state import (
@@ -103,6 +103,7 @@ class CellBalancing(Transform):
         self.stale_after = float(config["stale_after_secs"])
         path = pathlib.Path(config["state_file"]).expanduser()
         self.path = path if path.is_absolute() else pathlib.Path(context.pipeline_dir) / path
+        self.reads = frozenset(("soc", ALARM_REPORT, *filter(_is_alarm, CONDITION_NAMES)))
         self.updates_in = 0
         self._saved = SavedState()
         self._hold_end: float | None = None  # pipeline time the hold in progress completes

@@ -33,6 +33,7 @@ from canbridge import (
 )
 from canbridge.safety import (
     INVERTER_OPTIONS,
+    READS,
     Decision,
     InverterSink,
     StopModel,
@@ -91,6 +92,7 @@ class PylontechRs485Sink(InverterSink):
     def __init__(self, name: str, config: Mapping[str, Any], context: Context):
         super().__init__(name, config, context)
         self.model = StopModel(self, sending=f"answering on {self.config['port']}")
+        self.reads = READS | {"capacity_nominal"}
         self.decision: Decision | None = None  # what the port thread answers from
         self.capacity_ah = float(self.config["capacity_ah"])
         self.requests = 0
