@@ -37,17 +37,15 @@ def replay(path: Path, speed: str = '"max"') -> str:
 
 FRAMES = '[sources.frames]\ntype = "test-frames"\nbus = "battery"\n'
 """The frames of the battery bus as updates: the source of most pipelines here."""
+TICKS = '[sources.tick]\ntype = "test-ticker"\nperiod = 1.0\n'
+"""An update {"tick": n} every second of pipeline time."""
 
 
 def test_a_one_hour_capture_fires_a_one_second_timer_exactly_3600_times(tmp_path: Path) -> None:
     capture = write_capture(tmp_path / "hour.log",
                             ((T0 + s, 0x351, b"\x01") for s in range(3601)))
     started = time.monotonic()
-    engine = run(tmp_path, replay(capture) + FRAMES + """
-[sources.tick]
-type = "test-ticker"
-period = 1.0
-
+    engine = run(tmp_path, replay(capture) + FRAMES + TICKS + """
 [sinks.ticks]
 type = "test-collect"
 inputs = ["tick", "frames"]
@@ -407,11 +405,7 @@ inputs = ["frames"]
 
 def test_an_update_without_the_names_a_component_reads_passes_it_by(tmp_path: Path) -> None:
     capture = write_capture(tmp_path / "c.log", [(T0 + s / 2, 0x351, bytes([s])) for s in range(7)])
-    engine = run(tmp_path, replay(capture) + FRAMES + """
-[sources.tick]
-type = "test-ticker"
-period = 1.0
-
+    engine = run(tmp_path, replay(capture) + FRAMES + TICKS + """
 [transforms.tag]
 type = "test-tag"
 inputs = ["frames", "tick"]
