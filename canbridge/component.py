@@ -197,6 +197,24 @@ def _drop(update: Update) -> None:
     del update
 
 
+def update_handler(component: Component) -> Callable[[Update], None]:
+    """What handing `component` an update does: its `on_update`, or, for an update with none
+    of the names it `reads`, nothing for a sink and passing it on unchanged for a transform.
+    The engine and `canbridge.testing.feed` both hand updates over through it."""
+    on_update, reads = component.on_update, component.reads
+    if reads is None:
+        return on_update
+    passes = component.kind == Transform.kind
+
+    def handle(update: Update) -> None:
+        if not reads.isdisjoint(update.values):
+            on_update(update)
+        elif passes:
+            component._emit(update)  # looked up now: the engine wires it after building
+
+    return handle
+
+
 INPUTS_OPTION = Option("inputs", Inputs(item=Text(non_empty=True), non_empty=True),
                        help="names of the sources or transforms this one receives updates from")
 

@@ -23,7 +23,7 @@ import can
 from canbridge import __version__, writer
 from canbridge.buses import BusHandle
 from canbridge.clock import Clock, Timer
-from canbridge.component import Component, Context, RateLimitedLog, Transform
+from canbridge.component import Component, Context, RateLimitedLog, update_handler
 from canbridge.config import REPLAY, PipelineConfig, topological_order
 from canbridge.controls import ControlBoard
 from canbridge.replay import END_OF_REPLAY, CaptureError, ReplayBus
@@ -47,10 +47,6 @@ BATCH = 256
 """Wall-clock interval of status file, watchdog and record flushing."""
 
 _WAKE = object()
-
-Consumer = tuple[Component, Callable[[Update], None], frozenset[str] | None, bool]
-"""Who takes a component's updates: the component, its `on_update`, its `reads`, and
-whether an update it does not read passes it by (a transform) or stops there (a sink)."""
 
 
 class Forward:
@@ -131,7 +127,7 @@ class Engine:
             cls = ReplayBus if values["interface"] == REPLAY else BusHandle
             self.buses[name] = cls(name, values, self.clock, dry_run=self.dry_run)
         order = topological_order(self.config.components)
-        consumers: dict[str, list[Consumer]] = {}
+        consumers: dict[str, list[tuple[Component, Callable[[Update], None]]]] = {}
         for spec in order:
             inputs = tuple(spec.values.get("inputs") or ())
             context = Context(name=spec.name, clock=self.clock,
@@ -151,8 +147,7 @@ class Engine:
             for source in spec.values.get("inputs") or ():
                 targets = consumers.setdefault(source, [])
                 if type(component).on_update is not Component.on_update:
-                    targets.append((component, component.on_update, component.reads,
-                                    component.kind == Transform.kind))
+                    targets.append((component, update_handler(component)))
         for source, targets in consumers.items():
             views = self._views_of.setdefault(source, [])
             self.components[source]._emit = self._emitter(views, targets)
@@ -172,19 +167,16 @@ class Engine:
                 self._views_of.setdefault(source, []).append(view)
         return view
 
-    def _emitter(self, views: list[TimedValues], consumers: list[Consumer]
+    def _emitter(self, views: list[TimedValues],
+                 consumers: list[tuple[Component, Callable[[Update], None]]]
                  ) -> Callable[[Update], None]:
         def emit(update: Update) -> None:
             self.updates += 1
             for view in views:
                 view.apply(update)
-            values = update.values
-            for component, on_update, reads, passes in consumers:
+            for component, handle in consumers:
                 try:
-                    if reads is None or not reads.isdisjoint(values):
-                        on_update(update)
-                    elif passes:  # a transform that would emit it unchanged
-                        component._emit(update)
+                    handle(update)
                 except Exception as exc:
                     self._component_failed(component, "on_update", exc)
         return emit

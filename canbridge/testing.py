@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from canbridge.buses import BusHandle
 from canbridge.clock import Clock
-from canbridge.component import Component, Context, Transform
+from canbridge.component import Component, Context, update_handler
 from canbridge.schema import OptionError, apply_schema
 from canbridge.signals import Update
 
@@ -52,11 +52,7 @@ def feed(component: Component, update: Update) -> None:
     its `on_update`, or, when the update has none of the names it `reads`, nothing (a
     transform passes it on unchanged)."""
     component.context.latest.apply(update)
-    reads = component.reads
-    if reads is None or not reads.isdisjoint(update.values):
-        component.on_update(update)
-    elif isinstance(component, Transform):
-        component.emit(update)
+    update_handler(component)(update)
 
 
 def capture(component: Component) -> list[Update]:
