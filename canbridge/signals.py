@@ -88,6 +88,11 @@ class Update:
     __hash__ = None  # type: ignore[assignment]
 
 
+def _has_conditions(values: Mapping[str, Value]) -> bool:
+    """An alarm report, or alarms of the vocabulary outside one: what a view must track."""
+    return ALARM_REPORT in values or not CONDITION_NAMES.isdisjoint(values)
+
+
 @functools.lru_cache(maxsize=1024)
 def names_where(predicate: Callable[[str], bool], names: tuple[str, ...]) -> tuple[str, ...]:
     """The names among `names` that `predicate` holds for. One frame type's updates always
@@ -109,16 +114,20 @@ class LatestValues:
         the previous report set, so a condition it does not mention is no longer active.
         Returns the names forgotten."""
         values = update.values
-        forgotten: Iterable[str] = ()
+        forgotten = self._track_conditions(values) if _has_conditions(values) else ()
+        self._values.update(values)
+        return forgotten
+
+    def _track_conditions(self, values: Mapping[str, Value]) -> Iterable[str]:
+        """The conditions an update with alarms holds; the names it makes forgotten."""
         if ALARM_REPORT in values:
             forgotten = self._conditions - values.keys()
             for name in forgotten:
                 del self._values[name]
             self._conditions = set(names_where(is_condition, tuple(values)))
-        elif not CONDITION_NAMES.isdisjoint(values):  # rare: alarms outside a report
-            self._conditions.update(names_where(is_condition, tuple(values)))
-        self._values.update(values)
-        return forgotten
+            return forgotten
+        self._conditions.update(names_where(is_condition, tuple(values)))  # rare
+        return ()
 
     def active_conditions(self) -> frozenset[str]:
         """The alarm_* and warning_* conditions that are true now."""
@@ -157,14 +166,14 @@ class TimedValues(LatestValues):
         """The pipeline time of the last update applied."""
 
     def apply(self, update: Update) -> Iterable[str]:
+        # LatestValues.apply, and the times: inline, as every update of a view comes here.
         values = update.values
-        if ALARM_REPORT in values or not CONDITION_NAMES.isdisjoint(values):
-            forgotten = super().apply(update)
+        forgotten: Iterable[str] = ()
+        if _has_conditions(values):
+            forgotten = self._track_conditions(values)
             for name in forgotten:
                 del self._times[name]
-        else:  # most updates: no alarm to track, nothing to forget
-            forgotten = ()
-            self._values.update(values)
+        self._values.update(values)
         self.last_update = update.timestamp
         self._times.update(dict.fromkeys(values, update.timestamp))
         return forgotten
