@@ -140,6 +140,7 @@ class InverterSink(Sink):
 
     current_step: ClassVar[float] = 0.1
     """The resolution of the current limits the protocol sends, in A."""
+    reads = READS
 
     @classmethod
     def presets(cls, table: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -38,7 +38,6 @@ from canbridge import (
 from canbridge.databases import MessageLayout, builtin_dbc, load_dbc
 from canbridge.safety import (
     INVERTER_OPTIONS,
-    READS,
     Decision,
     InverterSink,
     StopModel,
@@ -127,7 +126,6 @@ class PylontechSink(InverterSink):
         self.pad = cfg["pad_to_8_bytes"]
         self.model = StopModel(
             self, sending=f"sending Pylontech frames every {self.period:g} s")
-        self.reads = READS
         self.frames_out = 0
         self.bursts = 0
         self.keepalives = 0

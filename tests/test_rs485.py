@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from test_pylontech import LYNK_SAMPLE, T0
 
 from canbridge import Clock, Update, profiles
-from canbridge.testing import build, run_timers
+from canbridge.testing import build, feed, run_timers
 
 
 class Pty:
@@ -87,7 +87,7 @@ def fed(sink: PylontechRs485Sink, values: dict[str, Any] | None = None) -> None:
     date (the period timer)."""
     at = sink.clock.now() + 0.5
     run_timers(sink.clock, at)
-    sink.on_update(Update(at, {**LYNK_SAMPLE, "capacity_nominal": 300, **(values or {})}))
+    feed(sink, Update(at, {**LYNK_SAMPLE, "capacity_nominal": 300, **(values or {})}))
     run_timers(sink.clock, at + sink.config["period_secs"])
 
 
@@ -175,6 +175,13 @@ def test_an_alarm_reaches_0x44_and_stops_charging_in_0x92(rig) -> None:
     assert (ccl, dcl, status) == (0, -2820, 0x40)  # the flag and the limit together
     pty.request(poll(0x44, b"\x02"))
     assert frames.decode(pty.read()).info[-9:-5] == bytes([0, 0, 2, 0])  # pack voltage high
+
+
+def test_a_capacity_of_its_own_reaches_the_analog_answer(rig) -> None:
+    sink, _ = rig()
+    fed(sink)
+    feed(sink, Update(sink.clock.now(), {"capacity_nominal": 200}))  # as the LYNK II's 0x354
+    assert sink.capacity_ah == 200.0
 
 
 def test_nothing_is_answered_before_the_battery_data_is_complete(rig) -> None:

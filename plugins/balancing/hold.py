@@ -75,6 +75,7 @@ class CellBalancing(Transform):
     type_name = "cell-balancing"
     summary = ("holds the SOC reported to the inverter at hold_soc for a periodic long "
                "absorb that balances the cells")
+    reads = frozenset(("soc", ALARM_REPORT, *filter(_is_alarm, CONDITION_NAMES)))
     options = (
         Option("every_days", Number(min=0, min_exclusive=True, max=365), 7.0,
                "days from the end of one completed balancing hold until the next is due"),
@@ -103,7 +104,6 @@ class CellBalancing(Transform):
         self.stale_after = float(config["stale_after_secs"])
         path = pathlib.Path(config["state_file"]).expanduser()
         self.path = path if path.is_absolute() else pathlib.Path(context.pipeline_dir) / path
-        self.reads = frozenset(("soc", ALARM_REPORT, *filter(_is_alarm, CONDITION_NAMES)))
         self.updates_in = 0
         self._saved = SavedState()
         self._hold_end: float | None = None  # pipeline time the hold in progress completes

@@ -58,6 +58,7 @@ class PylontechRs485Sink(InverterSink):
     type_name = "pylontech-rs485"
     summary = ("play a Pylontech battery on an RS485 port: answer the inverter's polls "
                "(0x4F, 0x51, 0x42, 0x44, 0x47, 0x92)")
+    reads = READS | {"capacity_nominal"}  # the analog answer (0x42) carries the capacity
     options = (
         Option("port", Text(non_empty=True), REQUIRED,
                "serial port of the RS485 adapter, e.g. /dev/ttyUSB0 (a /dev/serial/by-id/ "
@@ -92,7 +93,6 @@ class PylontechRs485Sink(InverterSink):
     def __init__(self, name: str, config: Mapping[str, Any], context: Context):
         super().__init__(name, config, context)
         self.model = StopModel(self, sending=f"answering on {self.config['port']}")
-        self.reads = READS | {"capacity_nominal"}
         self.decision: Decision | None = None  # what the port thread answers from
         self.capacity_ah = float(self.config["capacity_ah"])
         self.requests = 0
