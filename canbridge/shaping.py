@@ -13,7 +13,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from canbridge.component import Context, Transform
 from canbridge.schema import ListOf, Number, OptionError
@@ -38,8 +38,13 @@ def number(value: object) -> bool:
 class Shaper(Transform):
     """Base of the shaping transforms: subclasses implement `bounds`."""
 
+    observes: ClassVar[frozenset[str] | None] = frozenset()
+    """The signals `observe` looks at; None when it must see every update. With the limits
+    they are the shaper's `reads`: any other update passes it by unchanged."""
+
     def __init__(self, name: str, config: Mapping[str, Any], context: Context):
         super().__init__(name, config, context)
+        self.reads = None if self.observes is None else frozenset(LOWERED) | self.observes
         self.active_signal = f"{name}{ACTIVE_SUFFIX}"
         self.active = False
         self.last_change: str | None = None

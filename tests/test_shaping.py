@@ -11,8 +11,10 @@ from canbridge_plugins.shaping import ChargeTaper, LimitRamp, SocReserve, Temper
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from canbridge import Update
+from canbridge import Clock, Update
+from canbridge.controls import ControlBoard
 from canbridge.testing import build, capture, run_timers
+from canbridge.testing import feed as hand_over
 
 LIMITS = {"charge_voltage_limit": 55.9, "charge_current_limit": 282.0,
           "discharge_current_limit": 282.0, "discharge_voltage_limit": 43.2}
@@ -165,17 +167,21 @@ def test_bad_options_are_refused(cls, options, message):
 
 # -- the shared rule, as a property --------------------------------------------------------
 
-updates = st.lists(st.tuples(
-    st.floats(0.0, 30.0),
-    st.fixed_dictionaries({}, optional={
-        "charge_voltage_limit": st.floats(48.0, 58.0),
-        "charge_current_limit": st.floats(0.0, 400.0),
-        "discharge_current_limit": st.floats(0.0, 400.0),
-        "discharge_voltage_limit": st.floats(40.0, 48.0),
-        "soc": st.floats(0.0, 100.0), "voltage": st.floats(40.0, 60.0),
-        "temperature": st.floats(-20.0, 70.0), "balancing_active": st.booleans(),
-        "alarm_high_voltage": st.booleans(), "manufacturer": st.just("DISCOVER")})),
+SIGNALS = {
+    "charge_voltage_limit": st.floats(48.0, 58.0),
+    "charge_current_limit": st.floats(0.0, 400.0),
+    "discharge_current_limit": st.floats(0.0, 400.0),
+    "discharge_voltage_limit": st.floats(40.0, 48.0),
+    "soc": st.floats(0.0, 100.0), "voltage": st.floats(40.0, 60.0),
+    "temperature": st.floats(-20.0, 70.0), "balancing_active": st.booleans(),
+    "alarm_high_voltage": st.booleans(), "manufacturer": st.just("DISCOVER")}
+updates = st.lists(st.tuples(st.floats(0.0, 30.0), st.fixed_dictionaries({}, optional=SIGNALS)),
+                   min_size=1, max_size=30)
+few_at_a_time = st.lists(st.tuples(st.floats(0.0, 30.0), st.lists(
+    st.sampled_from(sorted(SIGNALS)), max_size=2, unique=True).flatmap(
+    lambda names: st.fixed_dictionaries({name: SIGNALS[name] for name in names}))),
     min_size=1, max_size=30)
+"""Updates of one or two signals each: a SOC alone, then limits alone, say."""
 
 
 @settings(max_examples=200, deadline=None)
@@ -211,6 +217,48 @@ def test_chained_in_any_order_no_limit_ever_rises(order, stream):
         assert list(got)[:len(values)] == list(values)  # in order, nothing invented
 
 
+def every_shaper(clock: Clock, board: ControlBoard,
+                 windows: tuple[dict[str, Any], dict[str, Any]] = ({}, {})) -> list[Any]:
+    """One of each shaping transform, the controls and a two-window schedule among them."""
+    from canbridge_plugins.control import Controls, Schedule
+
+    day = [{"start": "00:00", "end": "12:00", "charge_current_max": 400, **windows[0]},
+           {"start": "12:00", "end": "00:00", "charge_current_max": 400, **windows[1]}]
+    return [
+        build(LimitRamp, {"inputs": ["x"]}, name="ramp", clock=clock),
+        build(TemperatureDerate, {"inputs": ["x"], "charge_curve": CURVE}, name="derate",
+              clock=clock),
+        build(ChargeTaper, {"inputs": ["x"], "soc_points": TAPER}, name="taper", clock=clock),
+        build(SocReserve, {"inputs": ["x"], "min_soc": 20.0}, name="reserve", clock=clock),
+        build(Controls, {"inputs": ["x"], "min_soc": 10.0}, name="control", clock=clock,
+              controls=board),
+        build(Schedule, {"inputs": ["x"], "timezone": "UTC", "windows": day}, name="tou",
+              clock=clock),
+    ]
+
+
+@settings(max_examples=500, deadline=None)
+@given(stream=few_at_a_time)
+def test_each_shaper_handed_only_what_it_reads_emits_what_it_emits_handed_everything(stream):
+    """As the engine hands updates over (those without a name a shaper reads pass it by),
+    every shaper emits exactly the updates it emits when it is handed every one."""
+    clocks = Clock(virtual=True, start=0.0), Clock(virtual=True, start=0.0)
+    everything, routed = (every_shaper(clock, ControlBoard()) for clock in clocks)
+    outs = [[capture(shaper) for shaper in shapers] for shapers in (everything, routed)]
+    now = 0.0
+    for gap, values in stream:
+        now += gap
+        for clock in clocks:
+            run_timers(clock, now)
+        for shaper in everything:
+            shaper.on_update(Update(now, values))
+        for shaper in routed:
+            hand_over(shaper, Update(now, values))
+    assert [[(u.timestamp, u.values) for u in out] for out in outs[0]] == [
+        [(u.timestamp, u.values) for u in out] for out in outs[1]]
+    assert routed[0].reads is not None and routed[-1].reads is None  # the schedule: all
+
+
 command_values = {
     "charge_current_max": st.floats(0.0, 3276.7).map(lambda v: f"{v}"),
     "discharge_current_max": st.floats(0.0, 3276.7).map(lambda v: f"{v}"),
@@ -232,29 +280,10 @@ window_values = st.fixed_dictionaries({}, optional={
        windows=st.tuples(window_values, window_values))
 def test_controls_and_schedules_never_raise_a_limit_whatever_the_commands(order, stream,
                                                                           orders, windows):
-    from canbridge_plugins.control import Controls, Schedule
-
-    from canbridge import Clock
-    from canbridge.controls import ControlBoard
-
     board = ControlBoard()
     clock = Clock(virtual=True, start=0.0)
-    day = [{"start": "00:00", "end": "12:00", "charge_current_max": 400, **windows[0]},
-           {"start": "12:00", "end": "00:00", "charge_current_max": 400, **windows[1]}]
-    makers = [
-        lambda: build(LimitRamp, {"inputs": ["x"]}, name="ramp", clock=clock),
-        lambda: build(TemperatureDerate, {"inputs": ["x"], "charge_curve": CURVE},
-                      name="derate", clock=clock),
-        lambda: build(ChargeTaper, {"inputs": ["x"], "soc_points": TAPER}, name="taper",
-                      clock=clock),
-        lambda: build(SocReserve, {"inputs": ["x"], "min_soc": 20.0}, name="reserve",
-                      clock=clock),
-        lambda: build(Controls, {"inputs": ["x"], "min_soc": 10.0}, name="control",
-                      clock=clock, controls=board),
-        lambda: build(Schedule, {"inputs": ["x"], "timezone": "UTC", "windows": day},
-                      name="tou", clock=clock),
-    ]
-    chain = [makers[i]() for i in order]
+    every = every_shaper(clock, board, windows)
+    chain = [every[i] for i in order]
     for upstream, downstream in itertools.pairwise(chain):
         upstream._emit = downstream.on_update
     out = capture(chain[-1])

@@ -30,6 +30,7 @@ class Controls(Shaper):
     type_name = "controls"
     summary = ("limits an owner sets at run time (Home Assistant over MQTT), with expiry; "
                "they only ever lower the battery's limits")
+    observes = frozenset(("soc",))
     options = (
         Option("charge_current_max", Number(min=0.0, max=3276.7), None,
                "largest charge current limit (A) until changed (unset: no cap)"),

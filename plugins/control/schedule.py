@@ -87,6 +87,7 @@ class Schedule(Shaper):
 
     type_name = "schedule"
     summary = "time-of-use windows that lower the limits while they are active"
+    observes = None  # it follows the clock on every update
     options = (
         Option("windows", ListOf(Table(), non_empty=True), help=(
             "[[transforms.NAME.windows]] tables: days, start, end (\"HH:MM\", may cross "

@@ -19,6 +19,7 @@ class TemperatureDerate(Shaper):
 
     type_name = "temperature-derate"
     summary = "caps the charge (and discharge) current limit by a curve of the temperature"
+    observes = frozenset(("temperature",))
     options = (
         Option("charge_curve", POINTS, default=None,
                help="[°C, A] points: the largest CCL at each temperature"),

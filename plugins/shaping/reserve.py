@@ -20,6 +20,7 @@ class SocReserve(Shaper):
 
     type_name = "soc-reserve"
     summary = "stops discharging at min_soc and charging at max_soc, with hysteresis"
+    observes = frozenset(("soc", "balancing_active"))
     options = (
         Option("min_soc", Number(min=0.0, max=100.0), default=None,
                help="discharge stops at or below this SOC (%): the backup reserve"),

@@ -24,6 +24,7 @@ class ChargeTaper(Shaper):
 
     type_name = "charge-taper"
     summary = "caps the charge current limit as the SOC (and pack voltage) approach full"
+    observes = frozenset(signal for signal, _ in INPUTS.values())
     options = (
         Option("soc_points", POINTS, default=None,
                help="[%, A] points: the largest CCL at each SOC"),
