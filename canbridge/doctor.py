@@ -65,6 +65,7 @@ class LinkState:
     rx_errors: int | None = None
     restart_ms: int | None = None
     bitrate: int | None = None
+    virtual: bool = False
 
 
 def parse_link(output: str, code: int) -> LinkState:
@@ -81,7 +82,8 @@ def parse_link(output: str, code: int) -> LinkState:
         tx_errors=int(state.group(2)) if state and state.group(2) else None,
         rx_errors=int(state.group(3)) if state and state.group(3) else None,
         restart_ms=int(state.group(4)) if state and state.group(4) else None,
-        bitrate=int(bitrate.group(1)) if bitrate else None)
+        bitrate=int(bitrate.group(1)) if bitrate else None,
+        virtual=re.search(r"^\s*vcan\b", output, re.MULTILINE) is not None)
 
 
 def check_link(name: str, bus: dict[str, Any], runner: Runner) -> Check:
@@ -96,6 +98,9 @@ def check_link(name: str, bus: dict[str, Any], runner: Runner) -> Check:
                f"{channel} up type can bitrate {wanted or 500000} restart-ms 100)")
     if not link.up:
         return Check(FAIL, f"{label}: down", up_hint)
+    if link.virtual:
+        return Check(WARN, f"{label}: virtual CAN link, up", "a vcan link reaches no wire: "
+                     "right for a test bench, never for a battery or an inverter")
     facts = (f"up, {link.bitrate} bit/s, {link.state}, errors tx {link.tx_errors} rx "
              f"{link.rx_errors}, restart-ms {link.restart_ms}")
     if wanted and link.bitrate and link.bitrate != wanted:

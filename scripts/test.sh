@@ -3,6 +3,8 @@
 # tests start their own broker on 127.0.0.1), shellcheck, openssl (test certificates) and
 # chromium (the web page is tested in a real headless browser), a virtual environment with
 # the package and its test extras; then ruff and pytest. Extra arguments go to pytest.
+# Where this kernel has no SocketCAN (or this is not root), pytest skips the SocketCAN tests
+# and scripts/socketcan-vm.sh runs them in a virtual machine instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,3 +26,7 @@ fi
 .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
 .venv/bin/ruff check .
 .venv/bin/pytest "$@"
+if .venv/bin/python -c 'import sys; sys.path[:0] = ["tests"]
+from test_socketcan import WHY_NOT; sys.exit(WHY_NOT is None)'; then
+    bash scripts/socketcan-vm.sh -q
+fi

@@ -45,6 +45,16 @@ IP_PASSIVE = IP_UP.replace("ERROR-ACTIVE (berr-counter tx 0 rx 0)",
 IP_NO_RESTART = IP_UP.replace("restart-ms 100", "restart-ms 0")
 IP_WRONG_RATE = IP_UP.replace("bitrate 250000", "bitrate 500000")
 MISSING = 'Device "can0" does not exist.\n'
+IP_VCAN = """\
+2: can0: <NOARP,UP,LOWER_UP> mtu 72 qdisc noqueue state UNKNOWN mode DEFAULT group default \
+qlen 1000
+    link/can  promiscuity 0  allmulti 0 minmtu 0 maxmtu 0
+    vcan numtxqueues 1 numrxqueues 1 gso_max_size 65536 gso_max_segs 65535 tso_max_size 65536 \
+tso_max_segs 65535 gro_max_size 65536
+    RX:  bytes packets errors dropped  missed   mcast
+             0       0      0       0       0       0
+"""
+"""What Linux 6.1's `ip -details -statistics link show` prints of a vcan link."""
 BUS = {"interface": "socketcan", "channel": "can0", "bitrate": 250000}
 
 
@@ -68,6 +78,7 @@ def test_parse_link_reads_every_field() -> None:
     (IP_PASSIVE, 0, FAIL, "ERROR-PASSIVE, errors tx 136", "frames are not acknowledged"),
     (IP_NO_RESTART, 0, WARN, "restart-ms 0", "a bus-off will not recover by itself"),
     (IP_WRONG_RATE, 0, FAIL, "up, 500000 bit/s", "set BITRATE=250000 in /etc/canbridge/can0.env"),
+    (IP_VCAN, 0, WARN, "bus battery (can0): virtual CAN link, up", "a vcan link reaches no wire"),
 ])
 def test_each_can_state_gets_its_mark_and_next_step(output: str, code: int, mark: str,
                                                     what: str, next_step: str) -> None:

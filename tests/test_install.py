@@ -115,8 +115,10 @@ def root(tmp_path: Path) -> Path:
 
 
 @pytest.mark.skipif(not shutil.which("shellcheck"), reason="shellcheck is not installed")
-def test_shellcheck_finds_nothing() -> None:
-    done = subprocess.run(["shellcheck", str(INSTALL)], capture_output=True, text=True,
+@pytest.mark.parametrize("script", [INSTALL, *sorted((REPO / "scripts").glob("*.sh"))],
+                         ids=lambda path: path.name)
+def test_shellcheck_finds_nothing(script: Path) -> None:
+    done = subprocess.run(["shellcheck", str(script)], capture_output=True, text=True,
                           check=False)
     assert (done.returncode, done.stdout) == (0, "")
 

@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Runs the tests that need the kernel's SocketCAN (tests/test_socketcan.py) in a small
+# virtual machine, for machines whose kernel has no CAN or where making vcan links is not
+# allowed (containers, CI). The guest is Debian's own kernel with its vcan module, booted
+# by QEMU with no network; it sees this machine's files read-only and runs the project's
+# .venv from there. Extra arguments go to pytest. Needs x86_64 and Debian's apt.
+#
+#     bash scripts/socketcan-vm.sh -q
+#
+# The kernel is fetched once (apt-get download) into ~/.cache/canbridge/socketcan-vm.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$(pwd)
+
+if [ "$(uname -m)" != x86_64 ]; then
+    echo "socketcan-vm: needs an x86_64 machine (this is $(uname -m))" >&2
+    exit 2
+fi
+[ -x .venv/bin/python ] || { echo "socketcan-vm: no .venv here: run scripts/test.sh" >&2; exit 2; }
+
+sudo=()
+[ "$(id -u)" -eq 0 ] || sudo=(sudo)
+missing=()
+command -v qemu-system-x86_64 >/dev/null 2>&1 || missing+=(qemu-system-x86)
+[ -x /bin/busybox ] || missing+=(busybox-static)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing Debian packages: ${missing[*]}"
+    "${sudo[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends \
+        "${missing[@]}" >/dev/null
+fi
+
+cache=${XDG_CACHE_HOME:-$HOME/.cache}/canbridge/socketcan-vm
+# Module load order: each after the ones it depends on (their .ko "depends=" fields).
+modules="virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci netfs"
+modules+=" fscache 9pnet 9pnet_virtio 9p can can-raw can-dev vcan"
+if [ ! -f "$cache/initrd.gz" ]; then
+    package=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/ {print $2; exit}')
+    [ -n "$package" ] || { "${sudo[@]}" apt-get update -qq;
+        package=$(apt-cache depends linux-image-amd64 |
+                  awk '/Depends: linux-image-/ {print $2; exit}'); }
+    echo "socketcan-vm: fetching Debian's $package (once)"
+    rm -rf "$cache" && mkdir -p "$cache/deb" "$cache/initrd/bin" "$cache/initrd/modules"
+    (cd "$cache/deb" && apt-get download -q -o APT::Sandbox::User="$(id -un)" "$package" >/dev/null)
+    dpkg-deb -x "$cache"/deb/*.deb "$cache/kernel"
+    cp "$cache"/kernel/boot/vmlinuz-* "$cache/vmlinuz"
+    for module in $modules; do
+        file=$(find "$cache/kernel/lib/modules" -name "$module.ko*" | head -n 1)
+        [ -n "$file" ] || { echo "socketcan-vm: $package has no $module module" >&2; exit 2; }
+        case $file in
+            *.xz) xz -dc "$file" > "$cache/initrd/modules/$module.ko" ;;
+            *.zst) zstd -qdc "$file" > "$cache/initrd/modules/$module.ko" ;;
+            *) cp "$file" "$cache/initrd/modules/$module.ko" ;;
+        esac
+    done
+    cp /bin/busybox "$cache/initrd/bin/busybox"
+    cat > "$cache/initrd/init" <<EOF
+#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mkdir -p /proc /sys /dev /host
+mount -t proc proc /proc && mount -t sysfs sys /sys && mount -t devtmpfs dev /dev
+for module in $modules; do insmod /modules/\$module.ko; done
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,ro host /host
+mount -t proc proc /host/proc && mount -t sysfs sys /host/sys
+mount -t devtmpfs dev /host/dev && mount -t devpts devpts /host/dev/pts
+mount -t tmpfs tmpfs /host/tmp && mount -t tmpfs tmpfs /host/run
+mkdir /host/run/out && mount -t 9p -o trans=virtio,version=9p2000.L out /host/run/out
+chroot /host /bin/bash /run/out/guest.sh > /host/run/out/output 2>&1
+echo \$? > /host/run/out/rc
+sync
+poweroff -f
+EOF
+    chmod +x "$cache/initrd/init"
+    (cd "$cache/initrd" && find . | busybox cpio -o -H newc 2>/dev/null | gzip -1) \
+        > "$cache/initrd.gz"
+fi
+
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+{
+    echo "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    echo "export HOME=/tmp PYTHONDONTWRITEBYTECODE=1"
+    echo "ip link set lo up"
+    printf 'cd %q\n' "$repo"
+    printf 'exec .venv/bin/python -m pytest -p no:cacheprovider -m socketcan tests/test_socketcan.py'
+    printf ' %q' "$@"
+    echo
+} > "$out/guest.sh"
+
+echo "socketcan-vm: booting Debian's kernel under QEMU for the SocketCAN tests"
+# Software emulation (TCG): nested KVM is not there, or hangs, on the cloud machines tried.
+timeout 900 qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 1G -nographic -no-reboot \
+    -nic none -kernel "$cache/vmlinuz" -initrd "$cache/initrd.gz" \
+    -append "console=ttyS0 quiet loglevel=3 panic=-1" \
+    -virtfs local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap \
+    -virtfs "local,path=$out,mount_tag=out,security_model=none" > "$out/console" 2>&1 || true
+[ -f "$out/output" ] && cat "$out/output"
+if [ ! -f "$out/rc" ]; then
+    echo "socketcan-vm: the virtual machine did not finish; its console said:" >&2
+    tail -n 30 "$out/console" >&2
+    exit 1
+fi
+exit "$(cat "$out/rc")"

@@ -1,0 +1,293 @@
+"""The bridge on real SocketCAN: the kernel's vcan links instead of python-can's `virtual`
+interface, so the socketcan driver, its errors and `ip`'s output are the real ones.
+
+Making vcan links needs root and a kernel with CAN. Where this machine has neither, these
+tests are skipped, and `scripts/socketcan-vm.sh` runs them in a small virtual machine
+(the test command does that by itself).
+
+What the kernel does, as these tests rely on it (Linux 6.1): a link set down makes every
+socket bound to it fail its next receive with ENETDOWN, once, and every send while it is
+down; the same socket works again once the link is up. A link deleted (a USB adapter
+unplugged) fails the next receive with ENODEV and every later send with ENXIO, even after a
+link of the same name is back: only a new socket works.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import can
+import pytest
+from conftest import SAMPLE
+from test_pylontech import NORMAL_BURST, hexes
+
+from canbridge import Clock
+from canbridge import buses as buses_module
+from canbridge.buses import BusHandle
+from canbridge.config import load_pipeline
+from canbridge.doctor import doctor
+from canbridge.engine import Engine
+from canbridge.registry import load_registry
+
+
+def _why_not() -> str | None:
+    try:
+        socket.socket(socket.AF_CAN, socket.SOCK_RAW, socket.CAN_RAW).close()
+    except (AttributeError, OSError):
+        return "this kernel has no SocketCAN"
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        return "making vcan links needs root and iproute2"
+    return None
+
+
+WHY_NOT = _why_not()
+pytestmark = [pytest.mark.socketcan,
+              pytest.mark.skipif(WHY_NOT is not None,
+                                 reason=f"{WHY_NOT}; scripts/socketcan-vm.sh runs these in a VM")]
+
+
+def ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
+
+
+@pytest.fixture
+def vcan() -> Iterator[Callable[[], str]]:
+    """Makes vcan links, up, with names no other test uses; deletes them afterwards."""
+    made: list[str] = []
+
+    def make() -> str:
+        name = f"cb{uuid.uuid4().hex[:8]}"
+        try:
+            ip("link", "add", "dev", name, "type", "vcan")
+        except subprocess.CalledProcessError as exc:
+            pytest.skip(f"no vcan links here: {exc.stderr.strip()}")
+        made.append(name)
+        ip("link", "set", name, "up")
+        return name
+
+    yield make
+    for name in made:
+        subprocess.run(["ip", "link", "del", name], capture_output=True, check=False)
+
+
+def peer(channel: str) -> can.BusABC:
+    """The other node on a link: the battery's gateway, or the inverter."""
+    return can.Bus(interface="socketcan", channel=channel)
+
+
+def first_second_of_the_sample() -> list[can.Message]:
+    """The LYNK II sample capture's first second: one complete data set and alarm report."""
+    frames = []
+    for msg in can.LogReader(str(SAMPLE)):
+        if frames and msg.timestamp >= frames[0].timestamp + 1.0:
+            return frames
+        frames.append(msg)
+    raise AssertionError("the sample is shorter than a second")
+
+
+def frames_until(bus: can.BusABC, done: Callable[[list[can.Message]], bool],
+                 timeout: float) -> list[can.Message]:
+    frames: list[can.Message] = []
+    deadline = time.monotonic() + timeout
+    while not done(frames):
+        assert time.monotonic() < deadline, f"timed out; received {frames}"
+        msg = bus.recv(timeout=0.1)
+        if msg is not None:
+            frames.append(msg)
+    return frames
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def bridge_pipeline(folder: Path, battery: str, inverter: str) -> Path:
+    path = folder / "pipeline.toml"
+    path.write_text(f"""
+[buses.battery]
+interface = "socketcan"
+channel = "{battery}"
+bitrate = 250000
+
+[buses.inverter]
+interface = "socketcan"
+channel = "{inverter}"
+bitrate = 500000
+
+[sources.lynk]
+type = "discover-lynk2"
+bus = "battery"
+
+[sinks.inverter]
+type = "pylontech"
+inputs = ["lynk"]
+bus = "inverter"
+
+[forwards.keepalive]
+from_bus = "inverter"
+to_bus = "battery"
+ids = [0x305]
+""")
+    return path
+
+
+def test_the_bridge_on_socketcan_sends_the_golden_burst_and_forwards_the_keepalive(
+        tmp_path: Path, vcan: Callable[[], str]) -> None:
+    battery, inverter = vcan(), vcan()
+    engine = Engine(load_pipeline(bridge_pipeline(tmp_path, battery, inverter),
+                                  load_registry()), duration=60.0)
+    runner = threading.Thread(target=engine.run)
+    with peer(battery) as gateway, peer(inverter) as inverter_side:
+        runner.start()
+        try:
+            wait_until(lambda: all(bus.state == "ok" for bus in engine.buses.values()))
+            for msg in first_second_of_the_sample():
+                gateway.send(msg)
+            delivered = time.time()
+            keepalive = can.Message(arbitration_id=0x305, data=bytes.fromhex("2100000000000000"),
+                                    is_extended_id=False)
+            inverter_side.send(keepalive)
+            forwarded = frames_until(gateway, lambda got: bool(got), timeout=10)
+            # A burst that starts well after the data set went out is computed from all of it.
+            later = frames_until(
+                inverter_side,
+                lambda got: len([m for m in got if m.timestamp > delivered + 0.2]) >= 6,
+                timeout=10)
+        finally:
+            engine.request_stop()
+            runner.join(10)
+    burst = {m.arbitration_id: bytes(m.data) for m in later if m.timestamp > delivered + 0.2}
+    assert hexes(burst) == NORMAL_BURST
+    assert [(m.arbitration_id, bytes(m.data).hex()) for m in forwarded] == [
+        (0x305, "2100000000000000")]
+    assert not runner.is_alive()
+    assert engine.buses["battery"].status()["frames_in"] == 15
+
+
+@pytest.fixture
+def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(buses_module, "BACKOFF_FIRST", 0.05)
+    monkeypatch.setattr(buses_module, "BACKOFF_MAX", 0.2)
+    monkeypatch.setattr(buses_module, "RECV_TIMEOUT", 0.05)
+
+
+def opened(channel: str) -> tuple[BusHandle, list[can.Message]]:
+    received: list[can.Message] = []
+    handle = BusHandle("inverter", {"interface": "socketcan", "channel": channel}, Clock())
+    handle.open()
+    handle.start_reader(lambda _bus, msg: received.append(msg))
+    return handle, received
+
+
+FRAME = can.Message(arbitration_id=0x351, data=bytes.fromhex("2F02040B040BB001"),
+                    is_extended_id=False)
+
+
+def sends_until_one_goes_out(handle: BusHandle, timeout: float = 10.0) -> int:
+    """Send FRAME every 20 ms, as bursts would, until one goes out; the failures before it."""
+    failed = 0
+    deadline = time.monotonic() + timeout
+    while not handle.send(FRAME.__copy__()):
+        failed += 1
+        assert time.monotonic() < deadline, f"never went out: {handle.status()}"
+        time.sleep(0.02)
+    return failed
+
+
+def test_a_link_set_down_and_up_again_carries_traffic_again(
+        vcan: Callable[[], str], fast_backoff: None, caplog: pytest.LogCaptureFixture) -> None:
+    channel = vcan()
+    handle, received = opened(channel)
+    with caplog.at_level(logging.WARNING, "canbridge.bus"):
+        try:
+            assert handle.send(FRAME.__copy__())
+            ip("link", "set", channel, "down")
+            for _ in range(10):
+                assert handle.send(FRAME.__copy__()) is False  # counted, never raised
+            ip("link", "set", channel, "up")
+            sends_until_one_goes_out(handle)
+            with peer(channel) as other:  # opened now: the link's going down spares it
+                assert handle.send(FRAME.__copy__())
+                [heard] = frames_until(other, lambda got: bool(got), timeout=5)
+                other.send(can.Message(arbitration_id=0x305, data=bytes(8),
+                                       is_extended_id=False))
+                wait_until(lambda: bool(received))
+        finally:
+            handle.close()
+    assert bytes(heard.data) == bytes(FRAME.data)
+    assert [m.arbitration_id for m in received] == [0x305]
+    status = handle.status()
+    assert status["send_errors"] >= 10
+    assert "Network is down" in status["last_error"]
+    assert "bus inverter: working again" in caplog.messages
+
+
+def test_an_unplugged_adapter_is_reopened_when_it_comes_back(
+        vcan: Callable[[], str], fast_backoff: None) -> None:
+    channel = vcan()
+    handle, received = opened(channel)
+    try:
+        ip("link", "del", channel)
+        wait_until(lambda: handle.state == "reopening" and handle.reopens == 0)
+        assert handle.send(FRAME.__copy__()) is False
+        time.sleep(0.5)  # several reopen attempts fail meanwhile
+        assert "No such device" in handle.status()["last_error"]
+        ip("link", "add", "dev", channel, "type", "vcan")
+        ip("link", "set", channel, "up")
+        # The old socket would fail with ENXIO for ever: only the reopened one works.
+        sends_until_one_goes_out(handle)
+        with peer(channel) as other:
+            handle.send(FRAME.__copy__())
+            [heard] = frames_until(other, lambda got: bool(got), timeout=5)
+            other.send(can.Message(arbitration_id=0x305, data=bytes(8), is_extended_id=False))
+            wait_until(lambda: bool(received))
+    finally:
+        handle.close()
+    assert bytes(heard.data) == bytes(FRAME.data)
+    assert [m.arbitration_id for m in received] == [0x305]
+    assert handle.reopens >= 1
+
+
+def test_doctor_reads_a_real_link_and_hears_the_battery(tmp_path: Path,
+                                                        vcan: Callable[[], str]) -> None:
+    battery, inverter = vcan(), vcan()
+    config = load_pipeline(bridge_pipeline(tmp_path, battery, inverter), load_registry())
+    stop = threading.Event()
+
+    def gateway() -> None:
+        with peer(battery) as bus:
+            while not stop.is_set():
+                for msg in first_second_of_the_sample():
+                    bus.send(msg)
+                stop.wait(0.2)
+
+    talker = threading.Thread(target=gateway)
+    talker.start()
+    out = io.StringIO()
+    try:
+        code = doctor(config, out, listen_secs=2.0)
+    finally:
+        stop.set()
+        talker.join()
+    report = out.getvalue()
+    lines = report.splitlines()
+    assert f"warn  bus battery ({battery}): virtual CAN link, up" in lines, report
+    assert f"warn  bus inverter ({inverter}): virtual CAN link, up" in lines
+    assert ("  ok  bus battery hears the battery (0x300, 0x305, 0x351, 0x354, 0x355, 0x356, "
+            "0x35A, 0x35E)") in lines
+    assert ("  ok  inverter sink inverter would send: SOC 72 %, 53.5 V, 0.4 A, CVL 55.9 V, "
+            "CCL 282 A, DCL 282 A, DVL 43.2 V, charge on, discharge on (normal)") in lines
+    assert code == 0  # warnings only
