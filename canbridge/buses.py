@@ -22,6 +22,7 @@ from typing import Any
 import can
 
 from canbridge.clock import Clock
+from canbridge.recordfile import RecordFile
 from canbridge.schema import did_you_mean
 
 log = logging.getLogger("canbridge.bus")
@@ -39,6 +40,8 @@ RECV_TIMEOUT = 1.0
 bus wakes its thread once a second (a stop still ends within 2 s)."""
 READER_JOIN_SECS = 0.05
 """How long closing a bus waits for its reader: one inside its receive call ends by itself."""
+RECORD_CLOSE_SECS = 1.0
+"""How long closing a bus waits for its record file's last lines (a healthy disk: a moment)."""
 
 BUS_LEVEL_KEYS = frozenset({"fd", "data_bitrate", "timing", "auto_reset", "config_context",
                             "ignore_config", "context"})
@@ -87,7 +90,7 @@ class BusHandle:
         self._opener = opener or self._open_python_can
         self._bus: can.BusABC | None = None
         self._lock = threading.Lock()
-        self._recorder: can.io.CanutilsLogWriter | None = None
+        self._recorder: RecordFile | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._consecutive_failures = 0
@@ -102,8 +105,6 @@ class BusHandle:
         self.frames_suppressed = 0
         self.send_errors = 0
         self.reopens = 0
-        self.record_errors = 0
-        self._record_failing = False
 
     def _open_python_can(self) -> can.BusABC:
         cfg = self.config
@@ -134,10 +135,11 @@ class BusHandle:
     def _open_recorder(self) -> None:
         record = self.config.get("record")
         if record:
-            try:
-                self._recorder = can.io.CanutilsLogWriter(record, channel=self.channel_label)
-            except OSError as exc:
-                self._record_failed(exc)
+            self._recorder = RecordFile(str(record), self.channel_label, self.name)
+
+    @property
+    def record_errors(self) -> int:
+        return self._recorder.errors if self._recorder is not None else 0
 
     def start_reader(self, deliver: Callable[[BusHandle, can.Message], None]) -> None:
         """Start the thread that hands every received frame to `deliver`."""
@@ -160,11 +162,7 @@ class BusHandle:
                 self._shutdown_bus(self._bus)
                 self._bus = None
         if self._recorder is not None:
-            try:
-                self._recorder.stop()
-            except OSError as exc:
-                self._record_failed(exc)
-            self._recorder = None
+            self._recorder.close(RECORD_CLOSE_SECS)
         self.state = "closed"
 
     @staticmethod
@@ -233,40 +231,15 @@ class BusHandle:
 
     def record(self, msg: can.Message) -> None:
         recorder = self._recorder
-        if recorder is None:
-            return
-        pipeline_time = msg.timestamp
-        try:
-            if self.clock.virtual:
-                recorder.on_message_received(msg)
-            else:
-                # Live pipeline time is monotonic; a record is read beside other logs, so it
-                # gets Unix time.
-                msg.timestamp = self.clock.wall_time(pipeline_time)
-                recorder.on_message_received(msg)
-        except OSError as exc:
-            self._record_failed(exc)
-        finally:
-            msg.timestamp = pipeline_time  # the same message goes on to the components
+        if recorder is not None:
+            # Live pipeline time is monotonic; a record is read beside other logs, so it gets
+            # Unix time.
+            recorder.write(msg, msg.timestamp if self.clock.virtual
+                           else self.clock.wall_time(msg.timestamp))
 
     def flush(self) -> None:
         if self._recorder is not None:
-            try:
-                self._recorder.file.flush()
-            except OSError as exc:
-                self._record_failed(exc)
-            else:
-                if self.record_errors and self._record_failing:
-                    self._record_failing = False
-                    log.warning("bus %s: writing the record file works again", self.name)
-
-    def _record_failed(self, exc: OSError) -> None:
-        """A full disk must not stop the bridge: count it, say it once per episode."""
-        self.record_errors += 1
-        if not self._record_failing:
-            self._record_failing = True
-            log.error("bus %s: cannot write the record file %s: %s", self.name,
-                      self.config.get("record"), exc.strerror or exc)
+            self._recorder.flush()
 
     def _read_loop(self, deliver: Callable[[BusHandle, can.Message], None]) -> None:
         # Backoff grows across reopen cycles until traffic really flows again: a socketcan

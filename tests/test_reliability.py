@@ -4,6 +4,7 @@ signals. Each test reproduces the fault the reliability review found."""
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 import time
 import uuid
@@ -20,7 +21,8 @@ from canbridge.engine import Engine
 from canbridge.registry import load_registry
 
 
-def bridge_pipeline(folder: Path, inverter_channel: str, battery_channel: str) -> Path:
+def bridge_pipeline(folder: Path, inverter_channel: str, battery_channel: str,
+                    record: Path | None = None) -> Path:
     path = folder / "pipeline.toml"
     path.write_text(f"""
 [status]
@@ -38,7 +40,7 @@ channel = "{battery_channel}"
 [buses.inverter]
 interface = "virtual"
 channel = "{inverter_channel}"
-record = "{folder / 'inverter.log'}"
+record = "{record or folder / 'inverter.log'}"
 
 [sources.lynk]
 type = "discover-lynk2"
@@ -100,6 +102,33 @@ def test_a_keepalive_flood_never_delays_the_bursts(tmp_path: Path,
     assert status["frames_dropped"] > 0  # the queue was bounded: the flood was cut
     assert status["forwards_dropped"] > 0
     assert forwarded <= 20 * 6 + 20  # max_per_sec = 20, over a 6 s run
+
+
+def test_a_record_file_on_a_stalled_disk_never_delays_the_bursts(tmp_path: Path) -> None:
+    """The record file was opened, written and flushed on the engine thread: a path that
+    blocks (here a FIFO nobody reads; on a Pi, a write held up behind a busy SD card) kept
+    the inverter from its frames. Now the record has its own thread."""
+    fifo = tmp_path / "stalled.log"
+    os.mkfifo(fifo)
+    inverter, battery = f"stall-inv-{uuid.uuid4()}", f"stall-bat-{uuid.uuid4()}"
+    engine = Engine(load_pipeline(bridge_pipeline(tmp_path, inverter, battery, record=fifo),
+                                  load_registry()), duration=3.5)
+    runner = threading.Thread(target=engine.run, daemon=True)
+    with can.Bus(interface="virtual", channel=inverter) as inverter_side:
+        started = time.monotonic()
+        runner.start()
+        bursts = []
+        while time.monotonic() - started < 3.0:
+            msg = inverter_side.recv(timeout=0.1)
+            if msg is not None and msg.arbitration_id == 0x351:
+                bursts.append(time.monotonic() - started)
+        runner.join(3.5 + 2.0)
+        stopped = not runner.is_alive()
+        os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))  # lets a stuck open go
+    assert stopped  # within its duration and the record's RECORD_CLOSE_SECS
+    assert len(bursts) >= 3, bursts
+    assert bursts[0] < 0.5
+    assert max(b - a for a, b in itertools.pairwise(bursts)) < 1.2
 
 
 # -- wall-clock jumps ---------------------------------------------------------------------------
