@@ -1,12 +1,19 @@
-"""The operator log: stderr (journald under systemd) plus an optional daily-rotated file."""
+"""The operator log: stderr (journald under systemd) plus an optional daily-rotated file.
+
+Both are written by a log thread of their own: a journald that stops reading, or an SD card
+that holds a write up, never delays the thread that logs, the engine's above all.
+"""
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import logging.handlers
 import os
+import queue
 import sys
+import threading
 from collections.abc import Mapping
 from pathlib import Path as FilePath
 from typing import Any
@@ -47,6 +54,67 @@ def stderr_is_journal(env: Mapping[str, str] = os.environ) -> bool:
     except (ValueError, OSError, AttributeError):
         return False
     return (stat.st_dev, stat.st_ino) == (device, inode)
+
+
+LOG_QUEUE_LIMIT = 10_000
+"""Records waiting for the log thread at most; beyond, new ones are dropped and counted."""
+LOG_DRAIN_SECS = 2.0
+"""How long the process's exit waits for the log thread to write what waits."""
+
+
+class _Handoff(logging.handlers.QueueHandler):
+    """Hands each record, formatted, to the log thread, which passes it to `targets`."""
+
+    def __init__(self, targets: list[logging.Handler]):
+        super().__init__(queue.Queue(LOG_QUEUE_LIMIT))
+        self.targets = targets
+        self.dropped = 0
+        self._thread = threading.Thread(target=self._run, name="canbridge-log", daemon=True)
+        self._thread.start()
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        try:
+            self.queue.put_nowait(record)
+        except queue.Full:
+            self.dropped += 1  # lines may go; the engine does not wait for the disk
+
+    def _run(self) -> None:
+        told = 0
+        while (record := self.queue.get()) is not None:
+            if self.dropped != told:
+                lost, told = self.dropped - told, self.dropped
+                self._write(logging.makeLogRecord({
+                    "name": "canbridge", "levelno": logging.WARNING, "levelname": "WARNING",
+                    "msg": f"{lost} log lines dropped: the log output was stalled"}))
+            self._write(record)
+            self.queue.task_done()
+        self.queue.task_done()
+
+    def _write(self, record: logging.LogRecord) -> None:
+        for target in self.targets:
+            if record.levelno >= target.level:
+                target.handle(record)
+
+    def flush(self, timeout: float = LOG_DRAIN_SECS) -> None:
+        """Wait (at most `timeout`) until the log thread has written every waiting record."""
+        done = self.queue.all_tasks_done
+        with done:
+            done.wait_for(lambda: not self.queue.unfinished_tasks, timeout)
+
+    def close(self) -> None:
+        with contextlib.suppress(queue.Full):
+            self.queue.put(None, timeout=LOG_DRAIN_SECS)
+        self._thread.join(LOG_DRAIN_SECS)
+        for target in self.targets:
+            target.close()
+        super().close()
+
+
+def flush_logs(timeout: float = LOG_DRAIN_SECS) -> None:
+    """Wait until the log thread has written every record logged so far."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, _Handoff):
+            handler.flush(timeout)
 
 
 RECENT_EVENTS = 50
@@ -94,10 +162,8 @@ def setup_logging(table: Mapping[str, Any], cli_level: str | None) -> None:
         stderr.setFormatter(_JournalFormatter(PLAIN_FORMAT))  # journald adds the time
     else:
         stderr.setFormatter(logging.Formatter(TIMESTAMP_FORMAT))
-    _install(root, stderr)
-    _install(root, RECENT)
-    root.setLevel(level)
-
+    targets: list[logging.Handler] = [stderr]
+    problem = None
     if values["file"]:
         path = FilePath(values["file"])
         try:
@@ -106,12 +172,16 @@ def setup_logging(table: Mapping[str, Any], cli_level: str | None) -> None:
                 path, when="midnight", backupCount=values["keep_days"],
                 encoding="utf-8")
         except OSError as exc:
-            logging.getLogger("canbridge").error(
-                "cannot open log file %s (%s): logging to stderr only", path,
-                exc.strerror or exc)
-            return
-        handler.setFormatter(logging.Formatter(TIMESTAMP_FORMAT))
-        _install(root, handler)
+            problem = (path, exc.strerror or exc)
+        else:
+            handler.setFormatter(logging.Formatter(TIMESTAMP_FORMAT))
+            targets.append(handler)
+    _install(root, _Handoff(targets))
+    _install(root, RECENT)
+    root.setLevel(level)
+    if problem is not None:
+        logging.getLogger("canbridge").error(
+            "cannot open log file %s (%s): logging to stderr only", *problem)
 
 
 def _install(root: logging.Logger, handler: logging.Handler) -> None:

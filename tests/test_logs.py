@@ -6,6 +6,7 @@ import logging
 import logging.handlers
 import os
 import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -13,7 +14,7 @@ from typing import TextIO
 
 import pytest
 
-from canbridge.logs import RECENT, setup_logging
+from canbridge.logs import RECENT, flush_logs, setup_logging
 
 STAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}"
 
@@ -44,13 +45,16 @@ def stderr(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TextIO]:
 
 
 def written(file: TextIO) -> list[str]:
+    flush_logs()
     file.flush()
     return Path(file.name).read_text().splitlines()
 
 
 def ours(root: logging.Logger) -> list[logging.Handler]:
-    """The output handlers setup_logging installed (the web page's event ring aside)."""
-    return [h for h in root.handlers if getattr(h, "_canbridge", False) and h is not RECENT]
+    """The output handlers setup_logging installed, behind the log thread's handoff (the web
+    page's event ring aside)."""
+    [handoff] = [h for h in root.handlers if getattr(h, "_canbridge", False) and h is not RECENT]
+    return handoff.targets  # type: ignore[attr-defined]
 
 
 def test_terminal_lines_have_timestamps(stderr: TextIO) -> None:
@@ -99,7 +103,7 @@ def test_calling_again_replaces_its_handlers(stderr: TextIO, root_logger: loggin
     setup_logging({"file": str(tmp_path / "b.log")}, None)
     assert len(ours(root_logger)) == 2
     logging.getLogger("canbridge").warning("once")
-    assert len(written(stderr)) == 1
+    assert len(written(stderr)) == 1  # and the first handoff was closed: a.log is done
     assert (tmp_path / "a.log").read_text() == ""
     assert (tmp_path / "b.log").read_text().endswith(" WARNING canbridge: once\n")
 
@@ -112,6 +116,7 @@ def test_a_daily_rotated_file(stderr: TextIO, root_logger: logging.Logger,
     [handler] = [h for h in ours(root_logger)
                  if isinstance(h, logging.handlers.TimedRotatingFileHandler)]
     assert (handler.when, handler.backupCount) == ("MIDNIGHT", 7)
+    flush_logs()
     [line] = path.read_text().splitlines()
     assert re.fullmatch(STAMP + " INFO canbridge.mqtt: connected to localhost", line)
     assert len(written(stderr)) == 1  # and on stderr too
@@ -142,3 +147,26 @@ def test_the_last_fifty_events_are_kept_for_the_web_page(stderr: TextIO) -> None
     assert len(events) == 50
     assert (events[-1]["source"], events[-1]["level"], events[-1]["message"]) == (
         "inverter", "warning", "event 59")
+
+
+def test_a_stalled_log_output_never_holds_up_the_thread_that_logs(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """journald that stops reading (or a busy SD card under the log file) once blocked every
+    thread that logged, the engine's too. Now the log thread waits, and nothing is lost."""
+    read_end, write_end = os.pipe()
+    with os.fdopen(write_end, "w") as stalled, os.fdopen(read_end, "rb") as reader:
+        monkeypatch.setattr("canbridge.logs.sys", SimpleNamespace(stderr=stalled))
+        monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+        setup_logging({}, None)
+        line = "x" * 100
+        logger = threading.Thread(target=lambda: [
+            logging.getLogger("canbridge").warning("%d %s", n, line) for n in range(2000)])
+        logger.start()
+        logger.join(5.0)  # 200 kB: three times what a pipe holds before writes block
+        assert not logger.is_alive()
+        received = b""
+        while received.count(b"\n") < 2000:
+            received += reader.read1(65536)
+    lines = received.decode().splitlines()
+    assert [int(text.split(" WARNING canbridge: ")[1].split()[0]) for text in lines] == list(
+        range(2000))
