@@ -31,30 +31,40 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 cache=${XDG_CACHE_HOME:-$HOME/.cache}/canbridge/socketcan-vm
+if [ ! -f "$cache/vmlinuz" ]; then
+    kernel_package() {
+        apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/ {print $2; exit}'
+    }
+    package=$(kernel_package)
+    [ -n "$package" ] || { "${sudo[@]}" apt-get update -qq; package=$(kernel_package); }
+    echo "socketcan-vm: fetching Debian's $package (once)"
+    rm -rf "$cache" && mkdir -p "$cache/deb"
+    (cd "$cache/deb" &&
+     apt-get download -q -o APT::Sandbox::User="$(id -un)" "$package" >/dev/null)
+    dpkg-deb -x "$cache"/deb/*.deb "$cache/kernel"
+    rm -rf "$cache/deb"
+    cp "$cache"/kernel/boot/vmlinuz-* "$cache/vmlinuz"
+fi
+
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+mkdir -p "$out/initrd/bin" "$out/initrd/modules" "$out/share"
 # Module load order: each after the ones it depends on (their .ko "depends=" fields).
 modules="virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci netfs"
 modules+=" fscache 9pnet 9pnet_virtio 9p can can-raw can-dev vcan"
-if [ ! -f "$cache/initrd.gz" ]; then
-    package=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/ {print $2; exit}')
-    [ -n "$package" ] || { "${sudo[@]}" apt-get update -qq;
-        package=$(apt-cache depends linux-image-amd64 |
-                  awk '/Depends: linux-image-/ {print $2; exit}'); }
-    echo "socketcan-vm: fetching Debian's $package (once)"
-    rm -rf "$cache" && mkdir -p "$cache/deb" "$cache/initrd/bin" "$cache/initrd/modules"
-    (cd "$cache/deb" && apt-get download -q -o APT::Sandbox::User="$(id -un)" "$package" >/dev/null)
-    dpkg-deb -x "$cache"/deb/*.deb "$cache/kernel"
-    cp "$cache"/kernel/boot/vmlinuz-* "$cache/vmlinuz"
-    for module in $modules; do
-        file=$(find "$cache/kernel/lib/modules" -name "$module.ko*" | head -n 1)
-        [ -n "$file" ] || { echo "socketcan-vm: $package has no $module module" >&2; exit 2; }
-        case $file in
-            *.xz) xz -dc "$file" > "$cache/initrd/modules/$module.ko" ;;
-            *.zst) zstd -qdc "$file" > "$cache/initrd/modules/$module.ko" ;;
-            *) cp "$file" "$cache/initrd/modules/$module.ko" ;;
-        esac
-    done
-    cp /bin/busybox "$cache/initrd/bin/busybox"
-    cat > "$cache/initrd/init" <<EOF
+for module in $modules; do
+    file=$(find "$cache/kernel/lib/modules" -name "$module.ko*" | head -n 1)
+    [ -n "$file" ] || { echo "socketcan-vm: the kernel has no $module module" >&2; exit 2; }
+    case $file in
+        *.xz) xz -dc "$file" > "$out/initrd/modules/$module.ko" ;;
+        *.zst) zstd -qdc "$file" > "$out/initrd/modules/$module.ko" ;;
+        *) cp "$file" "$out/initrd/modules/$module.ko" ;;
+    esac
+done
+cp /bin/busybox "$out/initrd/bin/busybox"
+# The guest's first program: load the modules, mount this machine's files read-only (with
+# tmpfs only at /run: the repository may live under /tmp), run guest.sh, power off.
+cat > "$out/initrd/init" <<EOF
 #!/bin/busybox sh
 /bin/busybox --install -s /bin
 mkdir -p /proc /sys /dev /host
@@ -63,41 +73,37 @@ for module in $modules; do insmod /modules/\$module.ko; done
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,ro host /host
 mount -t proc proc /host/proc && mount -t sysfs sys /host/sys
 mount -t devtmpfs dev /host/dev && mount -t devpts devpts /host/dev/pts
-mount -t tmpfs tmpfs /host/tmp && mount -t tmpfs tmpfs /host/run
-mkdir /host/run/out && mount -t 9p -o trans=virtio,version=9p2000.L out /host/run/out
+mount -t tmpfs tmpfs /host/run && mkdir /host/run/out /host/run/tmp
+mount -t 9p -o trans=virtio,version=9p2000.L out /host/run/out
 chroot /host /bin/bash /run/out/guest.sh > /host/run/out/output 2>&1
 echo \$? > /host/run/out/rc
 sync
 poweroff -f
 EOF
-    chmod +x "$cache/initrd/init"
-    (cd "$cache/initrd" && find . | busybox cpio -o -H newc 2>/dev/null | gzip -1) \
-        > "$cache/initrd.gz"
-fi
-
-out=$(mktemp -d)
-trap 'rm -rf "$out"' EXIT
+chmod +x "$out/initrd/init"
+(cd "$out/initrd" && find . | busybox cpio -o -H newc 2>/dev/null | gzip -1) > "$out/initrd.gz"
 {
     echo "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-    echo "export HOME=/tmp PYTHONDONTWRITEBYTECODE=1"
+    echo "export HOME=/run/tmp TMPDIR=/run/tmp PYTHONDONTWRITEBYTECODE=1"
     echo "ip link set lo up"
     printf 'cd %q\n' "$repo"
     printf 'exec .venv/bin/python -m pytest -p no:cacheprovider -m socketcan tests/test_socketcan.py'
     printf ' %q' "$@"
     echo
-} > "$out/guest.sh"
+} > "$out/share/guest.sh"
 
 echo "socketcan-vm: booting Debian's kernel under QEMU for the SocketCAN tests"
 # Software emulation (TCG): nested KVM is not there, or hangs, on the cloud machines tried.
 timeout 900 qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 1G -nographic -no-reboot \
-    -nic none -kernel "$cache/vmlinuz" -initrd "$cache/initrd.gz" \
+    -nic none -kernel "$cache/vmlinuz" -initrd "$out/initrd.gz" \
     -append "console=ttyS0 quiet loglevel=3 panic=-1" \
     -virtfs local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap \
-    -virtfs "local,path=$out,mount_tag=out,security_model=none" > "$out/console" 2>&1 || true
-[ -f "$out/output" ] && cat "$out/output"
-if [ ! -f "$out/rc" ]; then
+    -virtfs "local,path=$out/share,mount_tag=out,security_model=none" > "$out/console" 2>&1 ||
+    true
+[ -f "$out/share/output" ] && cat "$out/share/output"
+if [ ! -f "$out/share/rc" ]; then
     echo "socketcan-vm: the virtual machine did not finish; its console said:" >&2
     tail -n 30 "$out/console" >&2
     exit 1
 fi
-exit "$(cat "$out/rc")"
+exit "$(cat "$out/share/rc")"
