@@ -6,7 +6,8 @@ newer payload for a topic replaces one not sent yet, so a slow or absent broker 
 path nothing and memory stays bounded. A publisher thread imports paho and creates its
 client (so neither delays the first inverter frame), then drains the outbox while connected.
 "Sticky" messages (discovery configs, the latest state) are sent again after every
-(re)connection, since a restarted broker may have forgotten them.
+(re)connection, since a restarted broker may have forgotten them. The password and TLS
+files are read there too, when the client is made: a slow disk never delays the CAN path.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from .tls import tls_problem
 
 if TYPE_CHECKING:
     from .pahoclient import Client, mqtt
@@ -52,15 +56,29 @@ class Settings:
     status_topic: str
     username: str | None = None
     password: str | None = None
+    password_file: str | None = None
+    """Read when the client is made; it wins over `password`."""
     tls: bool = False
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
-    key_password: str | None = None
+    key_password_file: str | None = None
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+
+def first_line(path: str | None) -> str | None:
+    """The first line of a secret's file (a password), or None without a file."""
+    if path is None:
+        return None
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})"
+                         ) from None
+    return lines[0] if lines else ""
 
 
 class Link:
@@ -90,17 +108,23 @@ class Link:
         from .pahoclient import CallbackAPIVersion, Client, mqtt
 
         s = self.settings
+        password = s.password if s.password_file is None else first_line(s.password_file)
+        key_password = first_line(s.key_password_file)
+        if s.tls:
+            problem = tls_problem(s.ca_file, s.cert_file, s.key_file, key_password)
+            if problem is not None:
+                raise ValueError(problem)
         client = Client(CallbackAPIVersion.VERSION2, client_id=s.client_id,
                         protocol=mqtt.MQTTv311, clean_session=True)
         client.reconnect_delay_set(RECONNECT_MIN_SECS, RECONNECT_MAX_SECS)
         client.max_queued_messages_set(MAX_QUEUED)
         client.will_set(s.status_topic, "offline", qos=s.qos, retain=True)
         if s.username is not None:
-            client.username_pw_set(s.username, s.password)
+            client.username_pw_set(s.username, password)
         if s.tls:
             # keyfile_password always given: OpenSSL must never prompt on a terminal
             client.tls_set(ca_certs=s.ca_file, certfile=s.cert_file, keyfile=s.key_file,
-                           keyfile_password=s.key_password or "")
+                           keyfile_password=key_password or "")
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
@@ -154,7 +178,8 @@ class Link:
             self._stopping = True
             self._cond.notify()
         if self._publisher.is_alive():
-            self._publisher.join()
+            # It may sit in a file read (a stalled disk): a daemon, it is left behind.
+            self._publisher.join(STOP_TIMEOUT_SECS)
         client = self._client
         if client is None:  # stopped before the publisher thread had made it
             self.state = "disconnected"
@@ -204,16 +229,19 @@ class Link:
                 self._send(client, message)
 
     def _new_client(self) -> Client | None:
-        """paho's client, made on this thread; settings paho refuses (a TLS file that changed
-        since the sink checked it) are tried again with backoff. None once stopping."""
+        """paho's client, made on this thread; a secret or TLS file that cannot be used (it
+        changed since the pipeline was checked) is named and tried again with backoff. None
+        once stopping."""
         delay = RECONNECT_MIN_SECS
         while True:
             try:
                 client = self._make_client()
             except (OSError, ValueError) as exc:
-                self._error(f"cannot set up the MQTT client: {exc}")
+                self._error(f"cannot set up MQTT: {exc}")
+                with self._cond:
+                    self.state = "error"  # no client to connect with, until a file is fixed
                 self._event(f"setup {exc}", logging.ERROR,
-                            "cannot set up the MQTT client: %s; trying again", exc)
+                            "cannot set up MQTT: %s; trying again with backoff", exc)
             else:
                 with self._cond:
                     if self._stopping:

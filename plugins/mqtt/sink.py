@@ -39,29 +39,15 @@ from canbridge.controls import Control
 
 from .homeassistant import control_config, device_block, discovery_config
 from .legacy import legacy_payload
-from .link import Link, Settings
+from .link import Link, Settings, first_line
 from .tls import tls_problem
 
 NODE_ID = re.compile(r"[A-Za-z0-9_-]+")
 IDENTITY = ("manufacturer", "model")
 LOCAL = frozenset({"127.0.0.1", "localhost", "::1"})
-SETUP_RETRY_FIRST = 5.0
-SETUP_RETRY_MAX = 300.0
 """Brokers on this machine: only local processes can send commands there."""
 MAX_NAME_SETS = 64
 """Distinct sets of signal names remembered by `_kinds` (one per frame type, in practice)."""
-
-
-def _first_line(path: str | None) -> str | None:
-    """The first line of a secret's file (a password), or None without a file."""
-    if path is None:
-        return None
-    try:
-        lines = FilePath(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})"
-                         ) from None
-    return lines[0] if lines else ""
 
 
 def _active_alarms(latest: LatestValues) -> set[str]:
@@ -141,7 +127,7 @@ class MqttSink(Sink):
             try:
                 problem = tls_problem(config["ca_file"], config["cert_file"],
                                       config["key_file"],
-                                      _first_line(config["key_password_file"]))
+                                      first_line(config["key_password_file"]))
             except ValueError as exc:
                 problem = f"key_password_file {exc}"
             if problem is not None:
@@ -171,10 +157,7 @@ class MqttSink(Sink):
         self.announced: set[str] = set()
         self._kinds_by_names: dict[tuple[str, ...], tuple[tuple[str, ...], tuple[str, ...]]] = {}
         self.link: Link | None = None
-        self.setup_error: str | None = None
         self._timer: Any = None
-        self._setup_timer: Any = None
-        self._setup_backoff = 0.0
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -188,38 +171,16 @@ class MqttSink(Sink):
         self._set_up()
 
     def _set_up(self) -> None:
-        """Create the connection; a setup that fails (a TLS file missing or wrong) is told
-        once per cause and tried again with backoff, so fixing the file is enough."""
+        """The connection, made on the link's own thread: files are read there, never here."""
         cfg = self.config
-        try:
-            key_password = _first_line(self._path("key_password_file"))
-            if cfg["tls"]:
-                problem = tls_problem(self._path("ca_file"), self._path("cert_file"),
-                                      self._path("key_file"), key_password)
-                if problem is not None:
-                    raise ValueError(problem)
-            settings = Settings(
-                host=cfg["host"], port=cfg["port"],
-                client_id=cfg["client_id"] or f"canbridge-{self.node_id}", qos=cfg["qos"],
-                status_topic=self.status_topic, username=cfg["username"],
-                password=self._password(), tls=cfg["tls"], ca_file=self._path("ca_file"),
-                cert_file=self._path("cert_file"), key_file=self._path("key_file"),
-                key_password=key_password)
-            self.link = Link(settings, self.log)
-        except (OSError, ValueError) as exc:
-            error = str(exc)
-            self.errors += 1
-            if error != self.setup_error:
-                self.log.error("%s: cannot set up MQTT: %s; trying again with backoff",
-                               self.name, error)
-            self.setup_error = error
-            self._setup_backoff = min(max(2 * self._setup_backoff, SETUP_RETRY_FIRST),
-                                      SETUP_RETRY_MAX)
-            self._setup_timer = self.clock.after(self._setup_backoff, self._set_up)
-            return
-        if self.setup_error is not None:
-            self.log.info("%s: MQTT set up after all", self.name)
-        self.setup_error = None
+        self.link = Link(Settings(
+            host=cfg["host"], port=cfg["port"],
+            client_id=cfg["client_id"] or f"canbridge-{self.node_id}", qos=cfg["qos"],
+            status_topic=self.status_topic, username=cfg["username"],
+            password=cfg["password"], password_file=self._path("password_file"),
+            tls=cfg["tls"], ca_file=self._path("ca_file"), cert_file=self._path("cert_file"),
+            key_file=self._path("key_file"),
+            key_password_file=self._path("key_password_file")), self.log)
         if cfg["discovery"]:
             self.link.subscribe(f"{cfg['discovery_prefix']}/status", self._on_ha_status)
         if cfg["control"]:
@@ -229,8 +190,6 @@ class MqttSink(Sink):
     def stop(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        if self._setup_timer is not None:
-            self._setup_timer.cancel()
         if self.link is not None:
             self.publish_state(always=True)
             self.link.close()
@@ -240,10 +199,6 @@ class MqttSink(Sink):
         if value is None:
             return None
         return str(FilePath(self.context.pipeline_dir) / value)
-
-    def _password(self) -> str | None:
-        path = self._path("password_file")
-        return self.config["password"] if path is None else _first_line(path)
 
     # -- engine thread ----------------------------------------------------------------------
 
@@ -385,7 +340,7 @@ class MqttSink(Sink):
             out["states_skipped"] = self.skipped
         if self.link is None:
             out.update(state="error", published=0, dropped=0, errors=self.errors,
-                       last_error=self.setup_error)
+                       last_error=None)
         else:
             out.update(self.link.status())
             out["errors"] += self.errors
