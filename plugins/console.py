@@ -1,6 +1,8 @@
 """Sink `console`: a compact live table of the latest signal values, for a person watching.
 
-On a terminal the table is redrawn in place; piped or logged, one line per refresh.
+On a terminal the table is redrawn in place; piped or logged, one line per refresh. A thread
+of the sink's own writes it: a terminal that stops reading (Ctrl-S, a stalled SSH link) never
+holds up the engine, and only the newest table waits meanwhile.
 """
 
 from __future__ import annotations
@@ -13,6 +15,10 @@ from canbridge import Flag, ListOf, Number, Option, Sink, Text, hookimpl
 from canbridge.clock import SIDE_SLACK_SECS
 from canbridge.schema import OptionError
 from canbridge.signals import unknown_signal_warnings
+from canbridge.writer import BackgroundWriter
+
+STOP_FLUSH_SECS = 1.0
+"""How long the stop waits for the last table to be written."""
 
 # What a person looks at first; everything else follows alphabetically.
 _FIRST = ("soc", "soc_reported", "voltage", "current", "temperature", "charge_voltage_limit",
@@ -42,12 +48,14 @@ class ConsoleSink(Sink):
         self.stream = stream or sys.stdout
         self.latest = self.context.latest
         self.refreshes = 0
+        self._out = BackgroundWriter()
 
     def start(self) -> None:
         self.clock.every(self.config["every_secs"], self.refresh, slack=SIDE_SLACK_SECS)
 
     def stop(self) -> None:
         self.refresh()
+        self._out.flush(STOP_FLUSH_SECS)
 
     def render(self) -> list[str]:
         """The lines of one refresh."""
@@ -67,12 +75,19 @@ class ConsoleSink(Sink):
         self.refreshes += 1
         lines = self.render()
         stamp = f"[{self.clock.now():.1f}] " if self.clock.virtual else ""
+        self._out.submit("table", lambda: self._write(stamp, lines), self._failed)
+
+    def _write(self, stamp: str, lines: list[str]) -> None:
+        """On the writer thread."""
         if self.stream.isatty():
             # Home, clear to end of screen: redraw in place without scrolling.
             self.stream.write("\x1b[H\x1b[J" + "\n".join(lines) + "\n")
         else:
             self.stream.write(stamp + " | ".join(lines) + "\n")
         self.stream.flush()
+
+    def _failed(self, exc: OSError) -> None:
+        self.errors += 1  # a closed terminal: nothing to tell it
 
     def status(self) -> dict[str, Any]:
         return {"state": "ok", "errors": self.errors, "refreshes": self.refreshes,
