@@ -43,9 +43,9 @@ class RecordFile:
         """Hand what was written so far to the kernel, soon."""
         self._queue.put(_FLUSH)
 
-    def close(self, timeout: float) -> bool:
+    def close(self, timeout: float | None) -> bool:
         """Write what waits and close the file; False if that did not end within `timeout`
-        (the thread, a daemon, then gives up at the process's end)."""
+        (None: no limit; else the thread, a daemon, gives up at the process's end)."""
         self._queue.put(_CLOSE)
         self._thread.join(timeout)
         if self._thread.is_alive():

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import os
+import threading
 import time
 from pathlib import Path
 
@@ -10,6 +13,7 @@ import pytest
 import support_plugins
 from conftest import write_capture
 
+from canbridge import buses
 from canbridge.config import PipelineConfig, load_pipeline
 from canbridge.engine import Engine
 from canbridge.registry import load_registry
@@ -452,3 +456,35 @@ def test_testing_feed_passes_an_update_by_as_the_engine_does() -> None:
     assert tag.seen == 1
     assert sink.received == [tick]
     assert sink.context.latest.snapshot() == {"byte0": 1, "tick": 1}  # its view has both
+
+
+def test_a_full_speed_replay_records_every_frame_however_fast_it_went(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The record file's thread may lag behind a replay at full speed (here: its file is a
+    pipe read slowly); the stop waits for it there, as no inverter is waiting, so the run
+    ends with the record whole and closed."""
+    monkeypatch.setattr(buses, "RECORD_CLOSE_SECS", 0.0)  # a live stop would not wait at all
+    frames = [(T0 + n * 0.001, 0x100 + n % 7, n.to_bytes(4, "little")) for n in range(20_000)]
+    capture = write_capture(tmp_path / "c.log", frames)
+    record = tmp_path / "record.log"
+    os.mkfifo(record)
+    chunks: list[tuple[bool, bytes]] = []  # (the run had ended, what was read)
+    ended = threading.Event()
+
+    def slow_reader() -> None:
+        with record.open("rb") as pipe:
+            while chunk := pipe.read1(4096):
+                chunks.append((ended.is_set(), chunk))
+                time.sleep(0.005)
+
+    reader = threading.Thread(target=slow_reader)
+    reader.start()
+    run(tmp_path, replay(capture) + f'record = "{record}"\n' + FRAMES)
+    ended.set()
+    reader.join(30)
+    after = sum(len(chunk) for was_ended, chunk in chunks if was_ended)
+    assert after <= 2 * 65536  # at most what the pipe held when the run ended
+    recorded = list(can.io.CanutilsLogReader(io.StringIO(
+        b"".join(chunk for _, chunk in chunks).decode())))
+    assert [(m.timestamp, m.arbitration_id, bytes(m.data)) for m in recorded] == [
+        (pytest.approx(ts), frame_id, data) for ts, frame_id, data in frames]
