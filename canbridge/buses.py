@@ -15,6 +15,7 @@ import errno
 import importlib
 import inspect
 import logging
+import socket
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -32,6 +33,7 @@ DOWN_ERRNOS = frozenset({errno.ENODEV, errno.ENETDOWN, errno.ENXIO, errno.EBADF,
                          errno.ENETUNREACH})
 DOWN_TEXTS = ("network is down", "no such device", "bad file descriptor")
 """A send failure that means the bus itself is gone, not that nothing acknowledged."""
+NOTHING_TO_READ = frozenset({errno.EAGAIN, errno.EWOULDBLOCK})
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 30.0
 SEND_TIMEOUT = 0.01
@@ -113,7 +115,14 @@ class BusHandle:
             kwargs["channel"] = cfg["channel"]
         if cfg.get("bitrate") is not None:
             kwargs["bitrate"] = cfg["bitrate"]
-        return can.Bus(interface=cfg["interface"], **kwargs)
+        bus = can.Bus(interface=cfg["interface"], **kwargs)
+        sock = getattr(bus, "socket", None)
+        if isinstance(sock, socket.socket):
+            # python-can's socketcan waits until the socket is readable, then reads. A link
+            # going down leaves one error on the socket; a send that takes it in between
+            # would leave a blocking read waiting for a frame, on a silent bus for ever.
+            sock.setblocking(False)
+        return bus
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -264,6 +273,8 @@ class BusHandle:
             except Exception as exc:
                 if self._stop.is_set():
                     return
+                if _errno(exc) in NOTHING_TO_READ:
+                    continue  # readable for an error that a send took first: nothing to read
                 self.last_error = str(exc) or type(exc).__name__
                 (log.debug if self._failing else log.error)(
                     "bus %s: receive failed (%s), reopening", self.name, self.last_error)
@@ -314,13 +325,19 @@ class BusHandle:
         }
 
 
-def _bus_down(exc: BaseException) -> bool:
-    """Whether a send failure means the bus itself is gone (reopen it) rather than that no
-    other node acknowledged (keep it open)."""
+def _errno(exc: BaseException) -> int | None:
+    """The OS error number behind a python-can error, if any."""
     code = getattr(exc, "error_code", None) or getattr(exc, "errno", None)
     cause = exc.__cause__ or exc.__context__
     if code is None and isinstance(cause, OSError):
         code = cause.errno
+    return code
+
+
+def _bus_down(exc: BaseException) -> bool:
+    """Whether a send failure means the bus itself is gone (reopen it) rather than that no
+    other node acknowledged (keep it open)."""
+    code = _errno(exc)
     if code is not None:
         return code in DOWN_ERRNOS
     text = str(exc).lower()

@@ -235,6 +235,26 @@ def test_a_link_set_down_and_up_again_carries_traffic_again(
     assert "bus inverter: working again" in caplog.messages
 
 
+def test_a_silent_bus_recovers_from_every_link_flap(vcan: Callable[[], str],
+                                                    fast_backoff: None) -> None:
+    """A link that goes down leaves one error on the socket, for the next receive or send.
+    python-can waits for the socket to be readable, then reads: a send that took the error
+    in between left a blocking read waiting for a frame. On a bus where the other side
+    sends nothing (an inverter without keepalive) it waited for ever, and the bus was never
+    reopened. Sends right after each flap, as bursts would be, make that race likely."""
+    channel = vcan()
+    handle, _ = opened(channel)
+    try:
+        for _ in range(30):
+            ip("link", "set", channel, "down")
+            for _ in range(10):
+                handle.send(FRAME.__copy__())
+            ip("link", "set", channel, "up")
+            sends_until_one_goes_out(handle, timeout=5.0)
+    finally:
+        handle.close()
+
+
 def test_an_unplugged_adapter_is_reopened_when_it_comes_back(
         vcan: Callable[[], str], fast_backoff: None) -> None:
     channel = vcan()
