@@ -25,7 +25,8 @@ import lynk2_day
 import tomli_w
 
 BENCH = Path(__file__).resolve().parent
-DATA = BENCH / "data"
+DATA = Path(os.environ.get("CANBRIDGE_BENCH_DATA") or BENCH / "data")
+"""Where the scripts write; $CANBRIDGE_BENCH_DATA where the tree is read-only (a VM's)."""
 
 # The throw-away broker is the one the test suite starts.
 sys.path.insert(0, str(BENCH.parent / "tests"))
@@ -58,7 +59,7 @@ def compile_tree(root: Path) -> None:
     set, every start would otherwise compile canbridge's modules again (45 ms here)."""
     for package in ("canbridge", "plugins", "canbridge_plugins"):
         if (root / package).is_dir():
-            compileall.compile_dir(root / package, quiet=1)
+            compileall.compile_dir(root / package, quiet=2)  # a read-only tree: as it is
 
 
 LIBRARIES_ONLY = """\

@@ -3,9 +3,11 @@
 # virtual machine, for machines whose kernel has no CAN or where making vcan links is not
 # allowed (containers, CI). The guest is Debian's own kernel with its vcan module, booted
 # by QEMU with no network; it sees this machine's files read-only and runs the project's
-# .venv from there. Extra arguments go to pytest. Needs x86_64 and Debian's apt.
+# .venv from there. Extra arguments go to pytest; after --run, they are a command to run in
+# the repository instead (benchmarks write to /run/tmp/bench there). Needs x86_64 and apt.
 #
 #     bash scripts/socketcan-vm.sh -q
+#     bash scripts/socketcan-vm.sh --run .venv/bin/python benchmarks/live_socketcan.py
 #
 # The kernel is fetched once (apt-get download) into ~/.cache/canbridge/socketcan-vm.
 set -euo pipefail
@@ -85,16 +87,23 @@ chmod +x "$out/initrd/init"
 {
     echo "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
     echo "export HOME=/run/tmp TMPDIR=/run/tmp PYTHONDONTWRITEBYTECODE=1"
+    echo "export CANBRIDGE_BENCH_DATA=/run/tmp/bench"
     echo "ip link set lo up"
     printf 'cd %q\n' "$repo"
-    printf 'exec .venv/bin/python -m pytest -p no:cacheprovider -m socketcan tests/test_socketcan.py'
+    if [ "${1:-}" = --run ]; then
+        shift
+        printf 'exec'
+    else
+        printf 'exec .venv/bin/python -m pytest -p no:cacheprovider -m socketcan'
+        printf ' tests/test_socketcan.py'
+    fi
     printf ' %q' "$@"
     echo
 } > "$out/share/guest.sh"
 
-echo "socketcan-vm: booting Debian's kernel under QEMU for the SocketCAN tests"
+echo "socketcan-vm: booting Debian's kernel under QEMU"
 # Software emulation (TCG): nested KVM is not there, or hangs, on the cloud machines tried.
-timeout 900 qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 1G -nographic -no-reboot \
+timeout 1800 qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 2G -nographic -no-reboot \
     -nic none -kernel "$cache/vmlinuz" -initrd "$out/initrd.gz" \
     -append "console=ttyS0 quiet loglevel=3 panic=-1" \
     -virtfs local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap \
