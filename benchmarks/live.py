@@ -34,6 +34,7 @@ import shutil
 import time
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import benchlib
 
@@ -50,7 +51,7 @@ def timing_run(index: int, capture: Path, port: int, secs: float) -> dict[str, f
     """The production pipeline with the benchmark's instruments: the inverter bus recorded
     (burst times), the latency probe beside the sinks (delays)."""
     folder = benchlib.DATA / f"live-{index}"
-    battery = {"interface": "replay", "path": str(capture), "speed": 1.0}
+    battery = stand_in(capture)
     probe = {"type": "latency-probe", "inputs": ["balancing"],
              "path": str(folder / "delays.txt")}
     pipeline = benchlib.write_pipeline(folder, battery, port=port, record_inverter=True,
@@ -83,14 +84,19 @@ def timing_run(index: int, capture: Path, port: int, secs: float) -> dict[str, f
     }
 
 
-def cpu_run(index: int, capture: Path, port: int, secs: float) -> dict[str, float]:
+def stand_in(capture: Path) -> dict[str, Any]:
+    """The battery bus of a live run here: the capture replayed in real time."""
+    return {"interface": "replay", "path": str(capture), "speed": 1.0}
+
+
+def cpu_run(index: int, battery: dict[str, Any], port: int, secs: float,
+            warmup: float = WARMUP_SECS) -> dict[str, float]:
     """The production pipeline as installed, nothing of the benchmark's inside it: no
     recording, no probe, the status file on tmpfs (/run on a Pi)."""
-    folder = benchlib.DATA / f"live-cpu-{index}"
-    battery = {"interface": "replay", "path": str(capture), "speed": 1.0}
+    folder = benchlib.DATA / f"live-cpu-{index}-{battery['interface']}"
     pipeline = benchlib.write_pipeline(folder, battery, port=port, status_on_tmpfs=True)
     child = benchlib.Child(pipeline, log=folder / "canbridge.log")
-    time.sleep(WARMUP_SECS)
+    time.sleep(warmup)
     before, wall_before = child.thread_cpu_seconds(), time.monotonic()
     time.sleep(secs)
     after = child.thread_cpu_seconds()
@@ -133,7 +139,7 @@ def main() -> None:
     results = []
     with benchlib.Mosquitto(benchlib.DATA / "broker-live") as broker:
         for index in range(args.runs):
-            results.append(cpu_run(index, capture, broker.port, args.secs)
+            results.append(cpu_run(index, stand_in(capture), broker.port, args.secs)
                            | timing_run(index, capture, broker.port, args.secs))
             print(f"  run {index + 1}: {describe(results[-1])}")
     med = {key: benchlib.median([r[key] for r in results]) for key in results[0]}

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import can
 import pytest
-from conftest import SAMPLE
+from conftest import LYNK_TO_PYLONTECH, SAMPLE
 from test_pylontech import NORMAL_BURST, hexes
 
 from canbridge import Clock
@@ -127,15 +127,7 @@ interface = "socketcan"
 channel = "{inverter}"
 bitrate = 500000
 
-[sources.lynk]
-type = "discover-lynk2"
-bus = "battery"
-
-[sinks.inverter]
-type = "pylontech"
-inputs = ["lynk"]
-bus = "inverter"
-
+{LYNK_TO_PYLONTECH}
 [forwards.keepalive]
 from_bus = "inverter"
 to_bus = "battery"
