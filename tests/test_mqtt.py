@@ -310,6 +310,8 @@ def test_unreadable_password_file_is_reported_not_raised(broker, make_sink, tmp_
     assert status["state"] == "error"
     assert status["last_error"].startswith(f"cannot set up MQTT: {tmp_path / 'missing'}: "
                                            "cannot read (")
+    (tmp_path / "missing").write_text("s3cret\n")  # fixing the file is enough
+    wait_until(lambda: sink.status()["state"] == "connected", timeout=10.0)
 
 
 @pytest.mark.parametrize(("options", "problem"), [

@@ -247,6 +247,8 @@ class Link:
                     if self._stopping:
                         return None
                     self._client = client
+                    if self.state == "error":
+                        self.state = "connecting"
                 return client
             with self._cond:
                 if self._cond.wait_for(lambda: self._stopping, delay):
