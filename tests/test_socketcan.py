@@ -247,6 +247,41 @@ def test_a_silent_bus_recovers_from_every_link_flap(vcan: Callable[[], str],
         handle.close()
 
 
+def test_the_running_bridge_talks_again_after_each_flap_of_a_silent_inverter_link(
+        tmp_path: Path, vcan: Callable[[], str], fast_backoff: None) -> None:
+    """The whole bridge on a link where the inverter sends nothing: the bursts come back
+    after every flap."""
+    inverter = vcan()
+    path = tmp_path / "pipeline.toml"
+    path.write_text(f"""
+[buses.battery]
+interface = "replay"
+path = "{SAMPLE}"
+loop = true
+
+[buses.inverter]
+interface = "socketcan"
+channel = "{inverter}"
+{LYNK_TO_PYLONTECH}period_secs = 0.2
+""")
+    engine = Engine(load_pipeline(path, load_registry()), duration=120.0)
+    runner = threading.Thread(target=engine.run)
+    runner.start()
+    try:
+        for _ in range(10):
+            ip("link", "set", inverter, "down")
+            time.sleep(0.3)
+            ip("link", "set", inverter, "up")
+            with peer(inverter) as other:
+                frames_until(other, lambda got: any(m.arbitration_id == 0x351 for m in got),
+                             timeout=10)
+    finally:
+        engine.request_stop()
+        runner.join(10)
+    assert not runner.is_alive()
+    assert engine.buses["inverter"].reopens >= 1
+
+
 def test_an_unplugged_adapter_is_reopened_when_it_comes_back(
         vcan: Callable[[], str], fast_backoff: None) -> None:
     channel = vcan()
