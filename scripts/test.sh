@@ -4,7 +4,7 @@
 # chromium (the web page is tested in a real headless browser), a virtual environment with
 # the package and its test extras; then ruff and pytest. Extra arguments go to pytest.
 # Where this kernel has no SocketCAN (or this is not root), pytest skips the SocketCAN tests
-# and scripts/socketcan-vm.sh runs them in a virtual machine instead.
+# and scripts/socketcan-vm.sh runs them in a virtual machine instead (on x86_64).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,5 +28,10 @@ fi
 .venv/bin/pytest "$@"
 if .venv/bin/python -c 'import sys; sys.path[:0] = ["tests"]
 from test_socketcan import WHY_NOT; sys.exit(WHY_NOT is None)'; then
-    bash scripts/socketcan-vm.sh -q
+    if [ "$(uname -m)" = x86_64 ]; then
+        bash scripts/socketcan-vm.sh -q
+    else
+        echo "the SocketCAN tests were skipped: run them as root (sudo .venv/bin/pytest" \
+             "-m socketcan tests/test_socketcan.py); the VM needs x86_64"
+    fi
 fi
