@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import can
@@ -46,6 +47,15 @@ def write_capture(path: Path, frames: Iterable[tuple[float, int, bytes]], *,
                                                data=data))
     writer.stop()
     return path
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 5.0,
+               every: float = 0.01) -> None:
+    """Poll `condition` every `every` seconds until it holds; fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(every)
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:

@@ -4,6 +4,7 @@ thread, traffic flows again afterwards, and other buses carry on meanwhile."""
 from __future__ import annotations
 
 import errno
+import functools
 import itertools
 import logging
 import queue
@@ -13,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import can
+import conftest
 import pytest
 from can.interfaces.virtual import VirtualBus
 
@@ -91,11 +93,7 @@ def frame(frame_id: int, *data: int) -> can.Message:
     return can.Message(arbitration_id=frame_id, is_extended_id=False, data=list(data))
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.002)
+wait_until = functools.partial(conftest.wait_until, timeout=3.0, every=0.002)
 
 
 @dataclass

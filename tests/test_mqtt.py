@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from broker import Mosquitto, Received, Subscriber, mosquitto_fixture
 from canbridge_plugins.mqtt import MqttSink
+from conftest import wait_until
 
 import canbridge
 from canbridge import Clock, Update
@@ -79,14 +80,6 @@ def wait_for_state(sub: Subscriber, clock: Clock, after: int, timeout: float = 5
         except TimeoutError:
             if time.monotonic() > deadline:
                 raise
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met in time")
-        time.sleep(0.02)
 
 
 def test_discovery_state_availability_and_clean_stop(broker, make_sink):

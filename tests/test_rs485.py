@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from canbridge_plugins.pylontech_rs485 import PylontechRs485Sink, frames
+from conftest import wait_until
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_pylontech import LYNK_SAMPLE, T0
@@ -73,13 +74,6 @@ def rig(tmp_path: Path) -> Iterator[Any]:
     for sink, pty in made:
         sink.stop()
         pty.close()
-
-
-def wait_until(condition: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
 
 
 def fed(sink: PylontechRs485Sink, values: dict[str, Any] | None = None) -> None:

@@ -14,6 +14,7 @@ link of the same name is back: only a new socket works.
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import os
@@ -27,6 +28,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import can
+import conftest
 import pytest
 from conftest import LYNK_TO_PYLONTECH, SAMPLE
 from test_pylontech import NORMAL_BURST, hexes
@@ -107,11 +109,7 @@ def frames_until(bus: can.BusABC, done: Callable[[list[can.Message]], bool],
     return frames
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
+wait_until = functools.partial(conftest.wait_until, timeout=10.0)
 
 
 def bridge_pipeline(folder: Path, battery: str, inverter: str) -> Path:
