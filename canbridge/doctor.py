@@ -1,15 +1,15 @@
 """`canbridge doctor [PIPELINE]`: commissioning a Pi in one command.
 
 A checklist, one line per check with its mark and, when it fails, the next step: the CAN
-links (present, up, bit rate, controller state, error counters, restart-ms), what each bus
-hears for a few seconds (the LYNK II, the inverter's keepalive, nothing, error frames;
-swapped ports), the MQTT broker, the folders canbridge writes, the systemd service, and what
-the inverter would receive now. Exit 0 only when every check passes.
+links (present, up, bit rate, controller state and modes, error counters, restart-ms), what
+each bus hears for a few seconds (the LYNK II, the inverter's keepalive, nothing, error
+frames; swapped ports), the MQTT broker, the folders canbridge writes, the systemd service,
+and what the inverter would receive now. Exit 0 only when every check passes.
 """
 
 from __future__ import annotations
 
-import re
+import json
 import shutil
 import subprocess
 import threading
@@ -66,33 +66,60 @@ class LinkState:
     restart_ms: int | None = None
     bitrate: int | None = None
     virtual: bool = False
+    modes: tuple[str, ...] = ()
+    """The controller modes switched on (`ip link set ... type can listen-only on`...)."""
+    unreadable: str | None = None
+    """Why `ip`'s answer could not be read (an iproute2 without JSON output, say)."""
+
+
+VIRTUAL_KINDS = frozenset({"vcan", "vxcan"})
+# What each controller mode means, from the kernel's CAN netlink interface
+# (include/uapi/linux/can/netlink.h and the commits that added each flag).
+MODE_FAILS = {
+    "LISTEN-ONLY": "the controller only listens: it sends nothing and acknowledges nothing",
+    "LOOPBACK": "the controller loops its frames back inside itself (the MCP2515 and "
+                "MCP2518FD of the Pi's CAN HATs do): they never reach the wire",
+}
+MODE_WARNS = {
+    "PRESUME-ACK": "frames count as sent without an acknowledgement: a node that is off or "
+                   "wired wrong goes unnoticed",
+    "ONE-SHOT": "a frame that loses arbitration or meets an error is not sent again",
+}
 
 
 def parse_link(output: str, code: int) -> LinkState:
-    """What `ip -details -statistics link show CHANNEL` says of a CAN link."""
-    if code != 0 or "does not exist" in output:
-        return LinkState(exists=False)
-    flags = re.search(r"<([^>]*)>", output)
-    state = re.search(r"can state (\S+)(?: \(berr-counter tx (\d+) rx (\d+)\))?"
-                      r"(?: restart-ms (\d+))?", output)
-    bitrate = re.search(r"\bbitrate (\d+)", output)
-    return LinkState(
-        exists=True, up=bool(flags and "UP" in flags.group(1).split(",")),
-        state=state.group(1) if state else None,
-        tx_errors=int(state.group(2)) if state and state.group(2) else None,
-        rx_errors=int(state.group(3)) if state and state.group(3) else None,
-        restart_ms=int(state.group(4)) if state and state.group(4) else None,
-        bitrate=int(bitrate.group(1)) if bitrate else None,
-        virtual=re.search(r"^\s*vcan\b", output, re.MULTILINE) is not None)
+    """What `ip -details -statistics -json link show CHANNEL` says of a CAN link."""
+    if code != 0:
+        if "does not exist" in output:
+            return LinkState(exists=False)
+        return LinkState(exists=True, unreadable=(output.strip().splitlines() or ["?"])[0])
+    try:
+        link = json.loads(output)[0]
+        info = link.get("linkinfo", {})
+        data = info.get("info_data", {})
+        counters = data.get("berr_counter", {})
+        return LinkState(
+            exists=True, up="UP" in link.get("flags", ()), state=data.get("state"),
+            tx_errors=counters.get("tx"), rx_errors=counters.get("rx"),
+            restart_ms=data.get("restart_ms"),
+            bitrate=data.get("bittiming", {}).get("bitrate"),
+            virtual=info.get("info_kind") in VIRTUAL_KINDS,
+            modes=tuple(data.get("ctrlmode", ())))
+    except (ValueError, LookupError, AttributeError, TypeError):
+        return LinkState(exists=True, unreadable=f"not the JSON of `ip -json`: {output[:60]!r}")
 
 
 def check_link(name: str, bus: dict[str, Any], runner: Runner) -> Check:
     channel = str(bus.get("channel"))
-    link = parse_link(*reversed(runner(["ip", "-details", "-statistics", "link", "show",
-                                        channel])))
+    link = parse_link(*reversed(runner(["ip", "-details", "-statistics", "-json", "link",
+                                        "show", channel])))
     label = f"bus {name} ({channel})"
     if not link.exists:
         return Check(FAIL, f"{label}: no such interface", OVERLAY_HINT)
+    if link.unreadable is not None:
+        return Check(WARN, f"{label}: cannot read what `ip` says of it ({link.unreadable})",
+                     "doctor reads `ip -json`, which an up-to-date iproute2 answers "
+                     "(sudo apt install iproute2)")
     wanted = bus.get("bitrate")
     up_hint = (f"sudo systemctl restart canbridge-can@{channel} (or: sudo ip link set "
                f"{channel} up type can bitrate {wanted or 500000} restart-ms 100)")
@@ -103,6 +130,15 @@ def check_link(name: str, bus: dict[str, Any], runner: Runner) -> Check:
                      "right for a test bench, never for a battery or an inverter")
     facts = (f"up, {link.bitrate} bit/s, {link.state}, errors tx {link.tx_errors} rx "
              f"{link.rx_errors}, restart-ms {link.restart_ms}")
+    if link.modes:
+        facts += f", {' '.join(link.modes).lower()} on"
+    mode_off = (f"sudo ip link set {channel} down && sudo ip link set {channel} up type can "
+                f"{{}} off, and remove it where it was set (a systemd-networkd .network "
+                f"file, /etc/network/interfaces)")
+    for mode, meaning in MODE_FAILS.items():
+        if mode in link.modes:
+            return Check(FAIL, f"{label}: {facts}",
+                         f"{meaning}; {mode_off.format(mode.lower())}")
     if wanted and link.bitrate and link.bitrate != wanted:
         return Check(FAIL, f"{label}: {facts}", f"the pipeline says {wanted} bit/s: set "
                      f"BITRATE={wanted} in /etc/canbridge/{channel}.env and restart "
@@ -114,6 +150,10 @@ def check_link(name: str, bus: dict[str, Any], runner: Runner) -> Check:
     if link.state in ("ERROR-PASSIVE", "ERROR-WARNING"):
         return Check(FAIL, f"{label}: {facts}", "frames are not acknowledged: the other side "
                      "is off, at another bit rate, or the wiring/termination is wrong")
+    for mode, meaning in MODE_WARNS.items():
+        if mode in link.modes:
+            return Check(WARN, f"{label}: {facts}",
+                         f"{meaning}; {mode_off.format(mode.lower())}")
     if not link.restart_ms:
         return Check(WARN, f"{label}: {facts}", "restart-ms 0: a bus-off will not recover by "
                      "itself; install.sh sets restart-ms 100")

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Runs the tests that need the kernel's SocketCAN (tests/test_socketcan.py) in a small
 # virtual machine, for machines whose kernel has no CAN or where making vcan links is not
-# allowed (containers, CI). The guest is Debian's own kernel with its vcan module, booted
-# by QEMU with no network; it sees this machine's files read-only and runs the project's
-# .venv from there. Extra arguments go to pytest; after --run, they are a command to run in
-# the repository instead (benchmarks write to /run/tmp/bench there). Needs x86_64 and apt.
+# allowed (containers, CI). The guest is Debian's own kernel with its vcan module and two
+# emulated CAN controllers wired to each other, booted by QEMU with no network; it sees this
+# machine's files read-only and runs the project's .venv from there. Extra arguments go to
+# pytest; after --run, they are a command to run in the repository instead (benchmarks write
+# to /run/tmp/bench there). Needs x86_64 and apt.
 #
 #     bash scripts/socketcan-vm.sh -q
 #     bash scripts/socketcan-vm.sh --run .venv/bin/python benchmarks/live_socketcan.py
@@ -53,7 +54,7 @@ trap 'rm -rf "$out"' EXIT
 mkdir -p "$out/initrd/bin" "$out/initrd/modules" "$out/share"
 # Module load order: each after the ones it depends on (their .ko "depends=" fields).
 modules="virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci netfs"
-modules+=" fscache 9pnet 9pnet_virtio 9p can can-raw can-dev vcan"
+modules+=" fscache 9pnet 9pnet_virtio 9p can can-raw can-dev vcan sja1000 kvaser_pci"
 for module in $modules; do
     file=$(find "$cache/kernel/lib/modules" -name "$module.ko*" | head -n 1)
     [ -n "$file" ] || { echo "socketcan-vm: the kernel has no $module module" >&2; exit 2; }
@@ -88,6 +89,7 @@ chmod +x "$out/initrd/init"
     echo "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
     echo "export HOME=/run/tmp TMPDIR=/run/tmp PYTHONDONTWRITEBYTECODE=1"
     echo "export CANBRIDGE_BENCH_DATA=/run/tmp/bench"
+    echo "export CANBRIDGE_TEST_CAN_CABLE='can0 can1'"
     echo "ip link set lo up"
     printf 'cd %q\n' "$repo"
     if [ "${1:-}" = --run ]; then
@@ -103,8 +105,11 @@ chmod +x "$out/initrd/init"
 
 echo "socketcan-vm: booting Debian's kernel under QEMU"
 # Software emulation (TCG): nested KVM is not there, or hangs, on the cloud machines tried.
+# Two emulated Kvaser PCI cards (an SJA1000 each: the kernel's real CAN driver and `ip` output)
+# on one emulated bus: can0 and can1, wired to each other.
 timeout 1800 qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 2G -nographic -no-reboot \
-    -nic none -kernel "$cache/vmlinuz" -initrd "$out/initrd.gz" \
+    -nic none -object can-bus,id=cable -device kvaser_pci,canbus=cable \
+    -device kvaser_pci,canbus=cable -kernel "$cache/vmlinuz" -initrd "$out/initrd.gz" \
     -append "console=ttyS0 quiet loglevel=3 panic=-1" \
     -virtfs local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap \
     -virtfs "local,path=$out/share,mount_tag=out,security_model=none" > "$out/console" 2>&1 ||

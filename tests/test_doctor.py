@@ -1,13 +1,15 @@
-"""`canbridge doctor` on fixtures: recorded `ip` outputs for each CAN state, python-can
+"""`canbridge doctor` on fixtures: recorded `ip` outputs for each CAN state and mode, python-can
 virtual buses playing LYNK II or inverter traffic, a real mosquitto. No hardware."""
 
 from __future__ import annotations
 
 import io
+import json
 import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import can
 import pytest
@@ -21,40 +23,27 @@ from canbridge.registry import load_registry
 broker = mosquitto_fixture()
 secure_broker = mosquitto_fixture(users={"canbridge": "s3cret"})
 
-IP_UP = """\
-3: can0: <NOARP,UP,LOWER_UP,ECHO> mtu 16 qdisc pfifo_fast state UP mode DEFAULT group default \
-qlen 10
-    link/can  promiscuity 0 allmulti 0 minmtu 0 maxmtu 0
-    can state ERROR-ACTIVE (berr-counter tx 0 rx 0) restart-ms 100
-          bitrate 250000 sample-point 0.875
-          tq 25 prop-seg 34 phase-seg1 35 phase-seg2 10 sjw 1 brp 1
-          clock 40000000
-    RX:  bytes packets errors dropped  missed   mcast
-        123456    15432      0       0       0       0
-"""
-IP_DOWN = """\
-3: can0: <NOARP,ECHO> mtu 16 qdisc pfifo_fast state DOWN mode DEFAULT group default qlen 10
-    link/can  promiscuity 0 allmulti 0 minmtu 0 maxmtu 0
-    can state STOPPED restart-ms 0
-          bitrate 250000 sample-point 0.875
-"""
-IP_BUS_OFF = IP_UP.replace("ERROR-ACTIVE (berr-counter tx 0 rx 0) restart-ms 100",
-                           "BUS-OFF (berr-counter tx 248 rx 0) restart-ms 100")
-IP_PASSIVE = IP_UP.replace("ERROR-ACTIVE (berr-counter tx 0 rx 0)",
-                           "ERROR-PASSIVE (berr-counter tx 136 rx 0)")
-IP_NO_RESTART = IP_UP.replace("restart-ms 100", "restart-ms 0")
-IP_WRONG_RATE = IP_UP.replace("bitrate 250000", "bitrate 500000")
+IP = Path(__file__).parent / "data" / "ip"
+"""What Linux 6.1's `ip -details -statistics -json link show` (iproute2 6.1) printed of a
+real CAN controller (QEMU's emulated Kvaser PCI card: an SJA1000 and the kernel's kvaser_pci
+driver, in scripts/socketcan-vm.sh's machine) down and up, and of a vcan link."""
+
+
+def ip_link(name: str = "sja1000-up", **data: Any) -> str:
+    """A recorded answer of `ip`, with fields of the link's `info_data` replaced."""
+    link = json.loads((IP / f"{name}.json").read_text())
+    link[0]["linkinfo"]["info_data"].update(data)
+    return json.dumps(link)
+
+
+IP_UP = ip_link()
+IP_DOWN = ip_link("sja1000-down")
+IP_BUS_OFF = ip_link(state="BUS-OFF", berr_counter={"tx": 248, "rx": 0})
+IP_PASSIVE = ip_link(state="ERROR-PASSIVE", berr_counter={"tx": 136, "rx": 0})
+IP_NO_RESTART = ip_link(restart_ms=0)
+IP_WRONG_RATE = ip_link(bittiming={"bitrate": 500000, "sample_point": "0.875"})
+IP_VCAN = (IP / "vcan-up.json").read_text()
 MISSING = 'Device "can0" does not exist.\n'
-IP_VCAN = """\
-2: can0: <NOARP,UP,LOWER_UP> mtu 72 qdisc noqueue state UNKNOWN mode DEFAULT group default \
-qlen 1000
-    link/can  promiscuity 0  allmulti 0 minmtu 0 maxmtu 0
-    vcan numtxqueues 1 numrxqueues 1 gso_max_size 65536 gso_max_segs 65535 tso_max_size 65536 \
-tso_max_segs 65535 gro_max_size 65536
-    RX:  bytes packets errors dropped  missed   mcast
-             0       0      0       0       0       0
-"""
-"""What Linux 6.1's `ip -details -statistics link show` prints of a vcan link."""
 BUS = {"interface": "socketcan", "channel": "can0", "bitrate": 250000}
 
 
@@ -65,8 +54,13 @@ def runner(output: str, code: int = 0):
 def test_parse_link_reads_every_field() -> None:
     link = parse_link(IP_UP, 0)
     assert (link.exists, link.up, link.state, link.tx_errors, link.rx_errors, link.restart_ms,
-            link.bitrate) == (True, True, "ERROR-ACTIVE", 0, 0, 100, 250000)
+            link.bitrate, link.modes, link.virtual) == (True, True, "ERROR-ACTIVE", 0, 0, 100,
+                                                        250000, (), False)
+    assert parse_link(IP_DOWN, 0).up is False
+    assert parse_link(IP_VCAN, 0).virtual is True
     assert parse_link(MISSING, 1).exists is False
+    modes = parse_link(ip_link(ctrlmode=["TRIPLE-SAMPLING", "BERR-REPORTING"]), 0).modes
+    assert modes == ("TRIPLE-SAMPLING", "BERR-REPORTING")
 
 
 @pytest.mark.parametrize(("output", "code", "mark", "what", "next_step"), [
@@ -79,6 +73,20 @@ def test_parse_link_reads_every_field() -> None:
     (IP_NO_RESTART, 0, WARN, "restart-ms 0", "a bus-off will not recover by itself"),
     (IP_WRONG_RATE, 0, FAIL, "up, 500000 bit/s", "set BITRATE=250000 in /etc/canbridge/can0.env"),
     (IP_VCAN, 0, WARN, "bus battery (can0): virtual CAN link, up", "a vcan link reaches no wire"),
+    # A controller mode set on the link (by hand, a tutorial, a .network file): one that keeps
+    # frames off the wire fails, one that hides errors or drops frames warns, others pass.
+    (ip_link(ctrlmode=["BERR-REPORTING"]), 0, OK, "restart-ms 100, berr-reporting on", ""),
+    (ip_link(ctrlmode=["LISTEN-ONLY"]), 0, FAIL, "restart-ms 100, listen-only on",
+     "sends nothing and acknowledges nothing; sudo ip link set can0 down && sudo ip link set "
+     "can0 up type can listen-only off"),
+    (ip_link(ctrlmode=["LOOPBACK"], restart_ms=0), 0, FAIL, "loopback on", "never reach the wire"),
+    (ip_link(ctrlmode=["PRESUME-ACK"]), 0, WARN, "presume-ack on", "goes unnoticed"),
+    (ip_link(ctrlmode=["ONE-SHOT", "BERR-REPORTING"]), 0, WARN, "one-shot berr-reporting on",
+     "is not sent again; sudo ip link set can0 down && sudo ip link set can0 up type can "
+     "one-shot off"),
+    ("Option \"-json\" is unknown, try \"ip -help\".\n", 255, WARN,
+     "bus battery (can0): cannot read what `ip` says of it (Option \"-json\" is unknown",
+     "doctor reads `ip -json`"),
 ])
 def test_each_can_state_gets_its_mark_and_next_step(output: str, code: int, mark: str,
                                                     what: str, next_step: str) -> None:

@@ -1,5 +1,7 @@
 """The bridge on real SocketCAN: the kernel's vcan links instead of python-can's `virtual`
-interface, so the socketcan driver, its errors and `ip`'s output are the real ones.
+interface, so the socketcan driver, its errors and `ip`'s output are the real ones; and two
+CAN controllers wired to each other (CABLE), for a real controller driver and what `ip` says
+of a real controller in each mode.
 
 Making vcan links needs root and a kernel with CAN. Where this machine has neither, these
 tests are skipped, and `scripts/socketcan-vm.sh` runs them in a small virtual machine
@@ -37,7 +39,7 @@ from canbridge import Clock
 from canbridge import buses as buses_module
 from canbridge.buses import BusHandle
 from canbridge.config import load_pipeline
-from canbridge.doctor import doctor
+from canbridge.doctor import check_link, doctor, run_command
 from canbridge.engine import Engine
 from canbridge.registry import load_registry
 
@@ -80,6 +82,33 @@ def vcan() -> Iterator[Callable[[], str]]:
     yield make
     for name in made:
         subprocess.run(["ip", "link", "del", name], capture_output=True, check=False)
+
+
+CABLE = os.environ.get("CANBRIDGE_TEST_CAN_CABLE", "").split()
+"""Two real CAN controllers wired to each other, "NEAR FAR": the two ports of a two-port HAT
+joined by a cable, or QEMU's emulated SJA1000 cards on one emulated bus (socketcan-vm.sh
+sets it). QEMU's bus delivers every frame to the other card whatever the bit rates, and
+models no acknowledgement or error: what is real is the kernel's driver and `ip`."""
+
+
+def set_link(name: str, *settings: str) -> None:
+    """A real controller, set as `ip link set NAME up type can SETTINGS` would (down first:
+    a bit rate can only be set while the link is down)."""
+    ip("link", "set", name, "down")
+    ip("link", "set", name, "up", "type", "can", *settings)
+
+
+@pytest.fixture
+def cable() -> Iterator[tuple[str, str]]:
+    """The two wired controllers at 500 kbit/s, up; every mode off and down afterwards."""
+    if len(CABLE) != 2:
+        pytest.skip("no two wired CAN controllers (CANBRIDGE_TEST_CAN_CABLE=\"NEAR FAR\")")
+    for name in CABLE:
+        set_link(name, "bitrate", "500000", "restart-ms", "100")
+    yield CABLE[0], CABLE[1]
+    for name in CABLE:
+        set_link(name, "listen-only", "off", "berr-reporting", "off")
+        ip("link", "set", name, "down")
 
 
 def peer(channel: str) -> can.BusABC:
@@ -134,13 +163,19 @@ ids = [0x305]
     return path
 
 
+@pytest.mark.parametrize("inverter_link", ["vcan", "controller"])
 def test_the_bridge_on_socketcan_sends_the_golden_burst_and_forwards_the_keepalive(
-        tmp_path: Path, vcan: Callable[[], str]) -> None:
-    battery, inverter = vcan(), vcan()
+        tmp_path: Path, vcan: Callable[[], str], request: pytest.FixtureRequest,
+        inverter_link: str) -> None:
+    battery = vcan()
+    if inverter_link == "vcan":
+        inverter = far = vcan()
+    else:  # the bridge's inverter port wired to the inverter's
+        inverter, far = request.getfixturevalue("cable")
     engine = Engine(load_pipeline(bridge_pipeline(tmp_path, battery, inverter),
                                   load_registry()), duration=60.0)
     runner = threading.Thread(target=engine.run)
-    with peer(battery) as gateway, peer(inverter) as inverter_side:
+    with peer(battery) as gateway, peer(far) as inverter_side:
         runner.start()
         try:
             wait_until(lambda: all(bus.state == "ok" for bus in engine.buses.values()))
@@ -336,3 +371,31 @@ def test_doctor_reads_a_real_link_and_hears_the_battery(tmp_path: Path,
     assert ("  ok  inverter sink inverter would send: SOC 72 %, 53.5 V, 0.4 A, CVL 55.9 V, "
             "CCL 282 A, DCL 282 A, DVL 43.2 V, charge on, discharge on (normal)") in lines
     assert code == 0  # warnings only
+
+
+@pytest.mark.parametrize(("settings", "mark", "facts", "next_step"), [
+    ((), "ok", "up, 500000 bit/s, ERROR-ACTIVE, errors tx 0 rx 0, restart-ms 100", ""),
+    # iproute2 prints a mode between "can" and "state": its text once hid the state here.
+    (("berr-reporting", "on"), "ok", "ERROR-ACTIVE, errors tx 0 rx 0, restart-ms 100, "
+     "berr-reporting on", ""),
+    (("listen-only", "on"), "FAIL", "restart-ms 100, listen-only on", "sends nothing"),
+    (("bitrate", "250000"), "FAIL", "up, 250000 bit/s", "the pipeline says 500000 bit/s"),
+])
+def test_doctor_reads_a_real_controller_in_each_mode(
+        cable: tuple[str, str], settings: tuple[str, ...], mark: str, facts: str,
+        next_step: str) -> None:
+    near, _far = cable
+    if settings:
+        set_link(near, *settings)
+    check = check_link("inverter", {"interface": "socketcan", "channel": near,
+                                    "bitrate": 500000}, run_command)
+    assert check.mark == mark, check
+    assert check.what.startswith(f"bus inverter ({near}): ") and facts in check.what, check
+    assert next_step in check.next_step, check
+
+
+def test_doctor_says_a_real_controller_is_down(cable: tuple[str, str]) -> None:
+    near, _far = cable
+    ip("link", "set", near, "down")
+    check = check_link("inverter", {"interface": "socketcan", "channel": near}, run_command)
+    assert (check.mark, check.what) == ("FAIL", f"bus inverter ({near}): down")
