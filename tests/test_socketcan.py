@@ -399,3 +399,20 @@ def test_doctor_says_a_real_controller_is_down(cable: tuple[str, str]) -> None:
     ip("link", "set", near, "down")
     check = check_link("inverter", {"interface": "socketcan", "channel": near}, run_command)
     assert (check.mark, check.what) == ("FAIL", f"bus inverter ({near}): down")
+
+
+def test_the_link_unit_brings_a_real_controller_up_as_doctor_wants(
+        cable: tuple[str, str]) -> None:
+    """canbridge-can@.service's commands, as systemd runs them for the link (%i) with the bit
+    rate of its /etc/canbridge/LINK.env, on a real controller (vcan takes no bit rate)."""
+    near, _far = cable
+    ip("link", "set", near, "down")
+    unit = (Path(__file__).parent.parent / "systemd" / "canbridge-can@.service").read_text()
+    for key in ("ExecStartPre=", "ExecStart="):
+        line = next(line for line in unit.splitlines() if line.startswith(key))
+        subprocess.run(line.removeprefix(key).replace("%i", near)
+                       .replace("${BITRATE}", "250000").split(), check=True)
+    check = check_link("battery", {"interface": "socketcan", "channel": near,
+                                   "bitrate": 250000}, run_command)
+    assert (check.mark, check.what) == ("ok", f"bus battery ({near}): up, 250000 bit/s, "
+                                              "ERROR-ACTIVE, errors tx 0 rx 0, restart-ms 100")
