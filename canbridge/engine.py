@@ -44,7 +44,6 @@ QUEUE_LIMIT = 10_000
 counted (a flood must not grow memory without bound, nor delay the timers behind it)."""
 BATCH = 256
 """Frames handled between two looks at the timers, however many are waiting."""
-"""Wall-clock interval of status file, watchdog and record flushing."""
 
 _WAKE = object()
 
