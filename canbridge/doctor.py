@@ -59,6 +59,7 @@ class Check:
 @dataclass
 class LinkState:
     exists: bool
+    link_type: str = "can"
     up: bool = False
     state: str | None = None
     tx_errors: int | None = None
@@ -99,7 +100,8 @@ def parse_link(output: str, code: int) -> LinkState:
         data = info.get("info_data", {})
         counters = data.get("berr_counter", {})
         return LinkState(
-            exists=True, up="UP" in link.get("flags", ()), state=data.get("state"),
+            exists=True, link_type=link.get("link_type"), up="UP" in link.get("flags", ()),
+            state=data.get("state"),
             tx_errors=counters.get("tx"), rx_errors=counters.get("rx"),
             restart_ms=data.get("restart_ms"),
             bitrate=data.get("bittiming", {}).get("bitrate"),
@@ -120,6 +122,10 @@ def check_link(name: str, bus: dict[str, Any], runner: Runner) -> Check:
         return Check(WARN, f"{label}: cannot read what `ip` says of it ({link.unreadable})",
                      "doctor reads `ip -json`, which an up-to-date iproute2 answers "
                      "(sudo apt install iproute2)")
+    if link.link_type != "can":
+        return Check(FAIL, f"{label}: not a CAN interface (link/{link.link_type})",
+                     "the CAN HAT's links are can0 and can1 (`ip -brief link` lists them): "
+                     f"set the channel of bus {name} in the pipeline")
     wanted = bus.get("bitrate")
     up_hint = (f"sudo systemctl restart canbridge-can@{channel} (or: sudo ip link set "
                f"{channel} up type can bitrate {wanted or 500000} restart-ms 100)")

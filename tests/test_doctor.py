@@ -26,7 +26,7 @@ secure_broker = mosquitto_fixture(users={"canbridge": "s3cret"})
 IP = Path(__file__).parent / "data" / "ip"
 """What Linux 6.1's `ip -details -statistics -json link show` (iproute2 6.1) printed of a
 real CAN controller (QEMU's emulated Kvaser PCI card: an SJA1000 and the kernel's kvaser_pci
-driver, in scripts/socketcan-vm.sh's machine) down and up, and of a vcan link."""
+driver, in scripts/socketcan-vm.sh's machine) down and up, of a vcan link, and of `lo`."""
 
 
 def ip_link(name: str = "sja1000-up", **data: Any) -> str:
@@ -43,6 +43,7 @@ IP_PASSIVE = ip_link(state="ERROR-PASSIVE", berr_counter={"tx": 136, "rx": 0})
 IP_NO_RESTART = ip_link(restart_ms=0)
 IP_WRONG_RATE = ip_link(bittiming={"bitrate": 500000, "sample_point": "0.875"})
 IP_VCAN = (IP / "vcan-up.json").read_text()
+IP_LOOPBACK = (IP / "loopback.json").read_text()
 MISSING = 'Device "can0" does not exist.\n'
 BUS = {"interface": "socketcan", "channel": "can0", "bitrate": 250000}
 
@@ -73,6 +74,8 @@ def test_parse_link_reads_every_field() -> None:
     (IP_NO_RESTART, 0, WARN, "restart-ms 0", "a bus-off will not recover by itself"),
     (IP_WRONG_RATE, 0, FAIL, "up, 500000 bit/s", "set BITRATE=250000 in /etc/canbridge/can0.env"),
     (IP_VCAN, 0, WARN, "bus battery (can0): virtual CAN link, up", "a vcan link reaches no wire"),
+    (IP_LOOPBACK, 0, FAIL, "bus battery (can0): not a CAN interface (link/loopback)",
+     "set the channel of bus battery in the pipeline"),
     # A controller mode set on the link (by hand, a tutorial, a .network file): one that keeps
     # frames off the wire fails, one that hides errors or drops frames warns, others pass.
     (ip_link(ctrlmode=["BERR-REPORTING"]), 0, OK, "restart-ms 100, berr-reporting on", ""),
