@@ -59,7 +59,7 @@ class Check:
 @dataclass
 class LinkState:
     exists: bool
-    link_type: str = "can"
+    link_type: str | None = "can"
     up: bool = False
     state: str | None = None
     tx_errors: int | None = None
@@ -75,18 +75,17 @@ class LinkState:
 
 VIRTUAL_KINDS = frozenset({"vcan", "vxcan"})
 # What each controller mode means, from the kernel's CAN netlink interface
-# (include/uapi/linux/can/netlink.h and the commits that added each flag).
-MODE_FAILS = {
-    "LISTEN-ONLY": "the controller only listens: it sends nothing and acknowledges nothing",
-    "LOOPBACK": "the controller loops its frames back inside itself (the MCP2515 and "
-                "MCP2518FD of the Pi's CAN HATs do): they never reach the wire",
+# (include/uapi/linux/can/netlink.h and the commits that added each flag): a mode that keeps
+# frames off the wire fails, one that hides errors or drops frames warns.
+MODES = {
+    "LISTEN-ONLY": (FAIL, "the controller only listens: it sends nothing and acknowledges "
+                          "nothing"),
+    "LOOPBACK": (FAIL, "the controller loops its frames back inside itself (the MCP2515 and "
+                       "MCP2518FD of the Pi's CAN HATs do): they never reach the wire"),
+    "PRESUME-ACK": (WARN, "frames count as sent without an acknowledgement: a node that is off "
+                          "or wired wrong goes unnoticed"),
+    "ONE-SHOT": (WARN, "a frame that loses arbitration or meets an error is not sent again"),
 }
-MODE_WARNS = {
-    "PRESUME-ACK": "frames count as sent without an acknowledgement: a node that is off or "
-                   "wired wrong goes unnoticed",
-    "ONE-SHOT": "a frame that loses arbitration or meets an error is not sent again",
-}
-
 
 def parse_link(output: str, code: int) -> LinkState:
     """What `ip -details -statistics -json link show CHANNEL` says of a CAN link."""
@@ -138,32 +137,27 @@ def check_link(name: str, bus: dict[str, Any], runner: Runner) -> Check:
              f"{link.rx_errors}, restart-ms {link.restart_ms}")
     if link.modes:
         facts += f", {' '.join(link.modes).lower()} on"
-    mode_off = (f"sudo ip link set {channel} down && sudo ip link set {channel} up type can "
-                f"{{}} off, and remove it where it was set (a systemd-networkd .network "
-                f"file, /etc/network/interfaces)")
-    for mode, meaning in MODE_FAILS.items():
-        if mode in link.modes:
-            return Check(FAIL, f"{label}: {facts}",
-                         f"{meaning}; {mode_off.format(mode.lower())}")
+    findings = [(mark, f"{meaning}; sudo ip link set {channel} down && sudo ip link set "
+                       f"{channel} up type can {mode.lower()} off, and remove it where it was "
+                       "set (a systemd-networkd .network file, /etc/network/interfaces)")
+                for mode, (mark, meaning) in MODES.items() if mode in link.modes]
     if wanted and link.bitrate and link.bitrate != wanted:
-        return Check(FAIL, f"{label}: {facts}", f"the pipeline says {wanted} bit/s: set "
-                     f"BITRATE={wanted} in /etc/canbridge/{channel}.env and restart "
-                     f"canbridge-can@{channel}")
+        findings.append((FAIL, f"the pipeline says {wanted} bit/s: set BITRATE={wanted} in "
+                               f"/etc/canbridge/{channel}.env and restart "
+                               f"canbridge-can@{channel}"))
     if link.state == "BUS-OFF":
-        return Check(FAIL, f"{label}: {facts}", "bus-off: check CAN-H/CAN-L, the 120 ohm "
-                     "termination at both ends (60 ohm between CAN-H and CAN-L, power off) "
-                     "and the bit rate of the other side")
+        findings.append((FAIL, "bus-off: check CAN-H/CAN-L, the 120 ohm termination at both "
+                               "ends (60 ohm between CAN-H and CAN-L, power off) and the bit "
+                               "rate of the other side"))
     if link.state in ("ERROR-PASSIVE", "ERROR-WARNING"):
-        return Check(FAIL, f"{label}: {facts}", "frames are not acknowledged: the other side "
-                     "is off, at another bit rate, or the wiring/termination is wrong")
-    for mode, meaning in MODE_WARNS.items():
-        if mode in link.modes:
-            return Check(WARN, f"{label}: {facts}",
-                         f"{meaning}; {mode_off.format(mode.lower())}")
+        findings.append((FAIL, "frames are not acknowledged: the other side is off, at another "
+                               "bit rate, or the wiring/termination is wrong"))
     if not link.restart_ms:
-        return Check(WARN, f"{label}: {facts}", "restart-ms 0: a bus-off will not recover by "
-                     "itself; install.sh sets restart-ms 100")
-    return Check(OK, f"{label}: {facts}")
+        findings.append((WARN, "restart-ms 0: a bus-off will not recover by itself; "
+                               "install.sh sets restart-ms 100"))
+    # The first failure, else the first warning, names the next step.
+    mark, next_step = min(findings, key=lambda finding: finding[0] != FAIL, default=(OK, ""))
+    return Check(mark, f"{label}: {facts}", next_step)
 
 
 # -- what the buses hear --------------------------------------------------------------------
