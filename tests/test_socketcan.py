@@ -88,7 +88,8 @@ CABLE = os.environ.get("CANBRIDGE_TEST_CAN_CABLE", "").split()
 """Two real CAN controllers wired to each other, "NEAR FAR": the two ports of a two-port HAT
 joined by a cable, or QEMU's emulated SJA1000 cards on one emulated bus (socketcan-vm.sh
 sets it). QEMU's bus delivers every frame to the other card whatever the bit rates, and
-models no acknowledgement or error: what is real is the kernel's driver and `ip`."""
+models no acknowledgement or error: what is real is the kernel's driver and `ip`. The tests
+set both links' bit rate and modes, and leave them down: never name links a bridge uses."""
 
 
 def set_link(name: str, *settings: str) -> None:
