@@ -1,10 +1,11 @@
 """`canbridge doctor [PIPELINE]`: commissioning a Pi in one command.
 
 A checklist, one line per check with its mark and, when it fails, the next step: the CAN
-links (present, up, bit rate, controller state and modes, error counters, restart-ms), what
-each bus hears for a few seconds (the LYNK II, the inverter's keepalive, nothing, error
-frames; swapped ports), the MQTT broker, the folders canbridge writes, the systemd service,
-and what the inverter would receive now. Exit 0 only when every check passes.
+links (present, up, bit rate, controller state and modes, error counters, past bus-off
+episodes, restart-ms), what each bus hears for a few seconds (the LYNK II, the inverter's
+keepalive, nothing, error frames; swapped ports), the MQTT broker, the folders canbridge
+writes, the systemd service, and what the inverter would receive now. Exit 0 only when every
+check passes.
 """
 
 from __future__ import annotations
@@ -69,6 +70,10 @@ class LinkState:
     virtual: bool = False
     modes: tuple[str, ...] = ()
     """The controller modes switched on (`ip link set ... type can listen-only on`...)."""
+    bus_offs: int = 0
+    error_passives: int = 0
+    """Episodes the kernel counted since the interface appeared: a link that is fine now may
+    have gone bus-off and been restarted (restart-ms) many times."""
     unreadable: str | None = None
     """Why `ip`'s answer could not be read (an iproute2 without JSON output, say)."""
 
@@ -98,6 +103,7 @@ def parse_link(output: str, code: int) -> LinkState:
         info = link.get("linkinfo", {})
         data = info.get("info_data", {})
         counters = data.get("berr_counter", {})
+        episodes = info.get("info_xstats", {})
         return LinkState(
             exists=True, link_type=link.get("link_type"), up="UP" in link.get("flags", ()),
             state=data.get("state"),
@@ -105,7 +111,8 @@ def parse_link(output: str, code: int) -> LinkState:
             restart_ms=data.get("restart_ms"),
             bitrate=data.get("bittiming", {}).get("bitrate"),
             virtual=info.get("info_kind") in VIRTUAL_KINDS,
-            modes=tuple(data.get("ctrlmode", ())))
+            modes=tuple(data.get("ctrlmode", ())), bus_offs=episodes.get("bus_off", 0),
+            error_passives=episodes.get("error_passive", 0))
     except (ValueError, LookupError, AttributeError, TypeError):
         return LinkState(exists=True, unreadable=f"not the JSON of `ip -json`: {output[:60]!r}")
 
@@ -137,6 +144,8 @@ def check_link(name: str, bus: dict[str, Any], runner: Runner) -> Check:
              f"{link.rx_errors}, restart-ms {link.restart_ms}")
     if link.modes:
         facts += f", {' '.join(link.modes).lower()} on"
+    if link.bus_offs or link.error_passives:
+        facts += f"; counted so far: {link.bus_offs} bus-off, {link.error_passives} error-passive"
     findings = [(mark, f"{meaning}; sudo ip link set {channel} down && sudo ip link set "
                        f"{channel} up type can {mode.lower()} off, and remove it where it was "
                        "set (a systemd-networkd .network file, /etc/network/interfaces)")
@@ -152,6 +161,12 @@ def check_link(name: str, bus: dict[str, Any], runner: Runner) -> Check:
     if link.state in ("ERROR-PASSIVE", "ERROR-WARNING"):
         findings.append((FAIL, "frames are not acknowledged: the other side is off, at another "
                                "bit rate, or the wiring/termination is wrong"))
+    # Error-passive alone is what a node that was off leaves (nothing acknowledged); bus-off
+    # takes bit errors: wiring, termination or a bit rate that does not match.
+    if link.bus_offs:
+        findings.append((WARN, "the link went bus-off before, though it is fine now: a loose "
+                               "wire, a missing 120 ohm termination or a node at another bit "
+                               "rate (counted since the interface appeared)"))
     if not link.restart_ms:
         findings.append((WARN, "restart-ms 0: a bus-off will not recover by itself; "
                                "install.sh sets restart-ms 100"))

@@ -29,10 +29,12 @@ real CAN controller (QEMU's emulated Kvaser PCI card: an SJA1000 and the kernel'
 driver, in scripts/socketcan-vm.sh's machine) down and up, of a vcan link, and of `lo`."""
 
 
-def ip_link(name: str = "sja1000-up", **data: Any) -> str:
-    """A recorded answer of `ip`, with fields of the link's `info_data` replaced."""
+def ip_link(name: str = "sja1000-up", xstats: dict[str, int] | None = None, **data: Any) -> str:
+    """A recorded answer of `ip`, with fields of the link's `info_data` (and of its kernel
+    counters, `info_xstats`) replaced."""
     link = json.loads((IP / f"{name}.json").read_text())
     link[0]["linkinfo"]["info_data"].update(data)
+    link[0]["linkinfo"].setdefault("info_xstats", {}).update(xstats or {})
     return json.dumps(link)
 
 
@@ -87,6 +89,15 @@ def test_parse_link_reads_every_field() -> None:
     (ip_link(ctrlmode=["ONE-SHOT", "BERR-REPORTING"]), 0, WARN, "one-shot berr-reporting on",
      "is not sent again; sudo ip link set can0 down && sudo ip link set can0 up type can "
      "one-shot off"),
+    # Fine now, but the kernel counted bus-off episodes: a fault that comes and goes...
+    (ip_link(xstats={"bus_off": 3, "restarts": 3, "error_passive": 7}), 0, WARN,
+     "restart-ms 100; counted so far: 3 bus-off, 7 error-passive",
+     "the link went bus-off before, though it is fine now"),
+    # ... error-passive alone is a node that was off for a while: told, not warned.
+    (ip_link(xstats={"error_passive": 2}), 0, OK,
+     "restart-ms 100; counted so far: 0 bus-off, 2 error-passive", ""),
+    (ip_link(xstats={"error_passive": 1}, ctrlmode=["LISTEN-ONLY"]), 0, FAIL,
+     "listen-only on; counted so far: 0 bus-off, 1 error-passive", "sends nothing"),
     ("Option \"-json\" is unknown, try \"ip -help\".\n", 255, WARN,
      "bus battery (can0): cannot read what `ip` says of it (Option \"-json\" is unknown",
      "doctor reads `ip -json`"),
