@@ -295,6 +295,17 @@ def test_wrong_password_is_a_clear_error_and_retried(secure_broker, make_sink, c
                       "(check username and password); retrying"]
 
 
+def test_a_sink_that_never_started_stops_at_once(broker):
+    """Another component's start failed: the engine stops every component, this one too."""
+    sink = build(MqttSink, {"inputs": ["lynk"], "host": broker.host, "port": broker.port},
+                 name="mqtt", start=False, health=lambda: HEALTH)
+    assert sink.status()["state"] == "connecting"
+    started = time.monotonic()
+    sink.stop()
+    assert time.monotonic() - started < 0.1  # no wait for a connection nobody began
+    assert sink.status()["state"] == "disconnected"
+
+
 def test_unreadable_password_file_is_reported_not_raised(broker, make_sink, tmp_path):
     sink = make_sink(broker, Clock(virtual=True), username="canbridge",
                      password_file=str(tmp_path / "missing"))

@@ -170,6 +170,9 @@ class Link:
         """Flush, say `offline` (a clean disconnect sends no last will) and disconnect. A
         connection still being made gets FINAL_CONNECT_SECS, so a short run (a replay at
         full speed) still delivers its last state."""
+        if self._publisher.ident is None:  # never started: another component's start failed
+            self.state = "disconnected"
+            return
         with self._cond:
             if not self._connected and self.state == "connecting":
                 self._cond.wait_for(lambda: self._connected, FINAL_CONNECT_SECS)

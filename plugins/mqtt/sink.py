@@ -156,8 +156,19 @@ class MqttSink(Sink):
         self._alarms: set[str] = set()  # active alarms as last published
         self.announced: set[str] = set()
         self._kinds_by_names: dict[tuple[str, ...], tuple[tuple[str, ...], tuple[str, ...]]] = {}
-        self.link: Link | None = None
         self._timer: Any = None
+        # Made here, started with the sink: its thread reads the password and TLS files,
+        # so nothing here can fail on a file.
+        self.link = Link(Settings(
+            host=cfg["host"], port=cfg["port"],
+            client_id=cfg["client_id"] or f"canbridge-{self.node_id}", qos=cfg["qos"],
+            status_topic=self.status_topic, username=cfg["username"],
+            password=cfg["password"], password_file=self._path("password_file"),
+            tls=cfg["tls"], ca_file=self._path("ca_file"),
+            cert_file=self._path("cert_file"), key_file=self._path("key_file"),
+            key_password_file=self._path("key_password_file")), self.log)
+        if cfg["discovery"]:
+            self.link.subscribe(f"{cfg['discovery_prefix']}/status", self._on_ha_status)
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -168,21 +179,6 @@ class MqttSink(Sink):
                              "password_file", self.name)
         self._timer = self.clock.every(cfg["publish_every_secs"], self.publish_state,
                                       slack=SIDE_SLACK_SECS)
-        self._set_up()
-
-    def _set_up(self) -> None:
-        """The connection, made on the link's own thread: files are read there, never here."""
-        cfg = self.config
-        self.link = Link(Settings(
-            host=cfg["host"], port=cfg["port"],
-            client_id=cfg["client_id"] or f"canbridge-{self.node_id}", qos=cfg["qos"],
-            status_topic=self.status_topic, username=cfg["username"],
-            password=cfg["password"], password_file=self._path("password_file"),
-            tls=cfg["tls"], ca_file=self._path("ca_file"), cert_file=self._path("cert_file"),
-            key_file=self._path("key_file"),
-            key_password_file=self._path("key_password_file")), self.log)
-        if cfg["discovery"]:
-            self.link.subscribe(f"{cfg['discovery_prefix']}/status", self._on_ha_status)
         if cfg["control"]:
             self._offer_controls()
         self.link.start()
@@ -190,9 +186,8 @@ class MqttSink(Sink):
     def stop(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        if self.link is not None:
-            self.publish_state(always=True)
-            self.link.close()
+        self.publish_state(always=True)
+        self.link.close()
 
     def _path(self, key: str) -> str | None:
         value = self.config[key]
@@ -216,8 +211,6 @@ class MqttSink(Sink):
         if alarms:  # an alarm report (alarm_report is among them) or alarms outside one
             active = _active_alarms(self.latest)
             alarm_changed, self._alarms = active != self._alarms, active
-        if self.link is None:
-            return
         if self.config["discovery"] and (identity_changed
                                          or not self.announced.issuperset(values)):
             new = [name for name in values if name not in self.announced]
@@ -240,7 +233,7 @@ class MqttSink(Sink):
 
     def _announce(self, names: list[str]) -> None:
         """Publish (retained) the discovery config of each of `names`."""
-        if not names or self.link is None:
+        if not names:
             return
         cfg = self.config
         device = device_block(self.node_id, self.latest.get("manufacturer"),
@@ -260,8 +253,6 @@ class MqttSink(Sink):
         and sent at most every `publish_every_secs` of real time, as often as a live bridge
         sends them (more would only flood the broker and Home Assistant's history). An alarm
         change and the last state (`always`) are always queued."""
-        if self.link is None:
-            return
         if not always and self.clock.virtual:
             now = self.clock.real_now()
             if now < self._next_replay_state:
@@ -285,7 +276,6 @@ class MqttSink(Sink):
 
     def _offer_controls(self) -> None:
         """Subscribe to every control's set topic, publish its value, announce it to HA."""
-        assert self.link is not None
         board = self.context.controls
         for control in board.controls():
             self.link.subscribe(f"{self.base}/set/{control.name}", self._handler(control))
@@ -317,7 +307,7 @@ class MqttSink(Sink):
         return on_message
 
     def _publish_control(self, name: str, value: Value | None) -> None:
-        if value is None or self.link is None:
+        if value is None:
             return  # a button has no value
         if isinstance(value, bool):
             text = "ON" if value else "OFF"
@@ -328,7 +318,7 @@ class MqttSink(Sink):
     def _on_ha_status(self, payload: bytes) -> None:
         """Home Assistant (re)started: announce everything again, in case the broker lost
         the retained configs meanwhile (runs on paho's thread)."""
-        if payload.strip() == b"online" and self.link is not None:
+        if payload.strip() == b"online":
             self.link.republish()
 
     def status(self) -> dict[str, Any]:
@@ -338,10 +328,6 @@ class MqttSink(Sink):
             out["commands_refused"] = self.commands_refused
         if self.clock.virtual:
             out["states_skipped"] = self.skipped
-        if self.link is None:
-            out.update(state="error", published=0, dropped=0, errors=self.errors,
-                       last_error=None)
-        else:
-            out.update(self.link.status())
-            out["errors"] += self.errors
+        out.update(self.link.status())
+        out["errors"] += self.errors
         return out
