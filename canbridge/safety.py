@@ -7,7 +7,8 @@ rules, in one place:
 
 - A direction that is disabled carries its stop limit (0 A or `stop_current`): the flag and
   the limit never disagree. With `stop_charge_by = "voltage"` a disabled charge also lowers
-  CVL to the pack voltage, rounded down, never above the battery's CVL nor below its DVL.
+  CVL to the pack voltage, rounded down, never above the CVL charging would get (the
+  battery's, under the owner's cap) nor below the DVL.
 - Alarm status is part of freshness: until the first alarm report, and whenever the last one
   is older than `stale_after_secs`, both directions are disabled, other values flowing.
 - Implausible values (pack voltages outside the plausible range, DVL not below CVL, negative
@@ -302,8 +303,10 @@ class StopModel:
         if charge_why:
             ccl = self.stop_current
             if self.stop_by_voltage:
+                # Only ever lower than the CVL charging gets: a pack above the owner's cap
+                # must not lift the CVL over it.
                 pack = floor_to(get("voltage"), volt)  # type: ignore[arg-type]
-                cvl = min(max(pack, dvl), battery_cvl)
+                cvl = min(max(pack, dvl), cvl)
         if discharge_why:
             dcl = self.stop_current
         self._explain(fresh, charge_why, discharge_why)

@@ -301,6 +301,38 @@ def test_current_shares_over_one_for_one_battery_are_a_warning(
                    "allows"]
 
 
+PYLONTECH = '[sinks.out]\ntype = "pylontech"\ninputs = ["tag"]\nbus = "inverter"\n'
+
+
+@pytest.mark.parametrize(("options", "expected"), [
+    ("plausible_voltage_min = 50.0\nplausible_voltage_max = 50.0\n",
+     "P:22: sinks.out.plausible_voltage_max: must be above plausible_voltage_min"),
+    ("max_charge_voltage = 39.9\n",
+     "P:21: sinks.out.max_charge_voltage: 39.9 V is below plausible_voltage_min (40 V): the "
+     "battery could never charge"),
+    ("period_secs = 2.5\nstale_after_secs = 2.0\n",
+     "P:22: sinks.out.stale_after_secs: must be at least period_secs"),
+], ids=["no plausible range", "cap below the range", "stale before a period"])
+def test_inverter_options_that_defeat_the_stop_model_are_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], options: str, expected: str) -> None:
+    sink = GOOD[GOOD.index("[sinks.out]"):]
+    code, err, _ = validate(tmp_path, GOOD.replace(sink, PYLONTECH + options), capsys)
+    assert code == 2
+    assert err == [expected, "P: 1 problem found"]
+
+
+@pytest.mark.parametrize("options", [
+    "plausible_voltage_min = 49.9\nplausible_voltage_max = 50.0\n",
+    "max_charge_voltage = 40.0\n",
+    "period_secs = 2.5\nstale_after_secs = 2.5\n",
+], ids=["narrowest range", "cap at the range", "stale after one period"])
+def test_the_edges_of_those_checks_are_allowed(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], options: str) -> None:
+    sink = GOOD[GOOD.index("[sinks.out]"):]
+    code, err, _ = validate(tmp_path, GOOD.replace(sink, PYLONTECH + options), capsys)
+    assert (code, err) == (0, [])
+
+
 def test_unwritable_files_are_warnings_never_a_reason_not_to_bridge(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A read-only /var/log or /var/lib (an SD card the kernel remounted read-only) used to

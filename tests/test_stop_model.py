@@ -9,6 +9,7 @@ burst due at 0x356's time goes out before that second's 0x35A.
 from __future__ import annotations
 
 import logging
+import math
 import struct
 from typing import Any
 
@@ -21,11 +22,13 @@ from test_pylontech import (
     LYNK_SAMPLE,
     NO_REPORT_BURST,
     NORMAL_BURST,
+    QUIET,
     SAFE_BURST,
     T0,
     Rig,
     decode_burst,
     hexes,
+    one_burst,
 )
 
 from canbridge import Update, profiles
@@ -206,6 +209,49 @@ def test_implausible_limits_age_into_the_safe_state(lynk, caplog, limits, logged
     assert "last implausible values: " + logged in status["safety"]
 
 
+# -- what the LYNK II cannot send, but another battery plugin or a transform can ---------------
+
+
+@pytest.mark.parametrize(("values", "logged"), [
+    ({"charge_current_limit": -5.0}, "charge_current_limit = -5 A is negative"),
+    ({"discharge_current_limit": -0.1}, "discharge_current_limit = -0.1 A is negative"),
+    ({"discharge_voltage_limit": 55.9},
+     "discharge_voltage_limit = 55.9 V is not below charge_voltage_limit = 55.9 V"),
+    ({"charge_voltage_limit": 43.0},
+     "discharge_voltage_limit = 43.2 V is not below charge_voltage_limit = 43 V"),
+], ids=["negative CCL", "negative DCL", "DVL alone, equal to the CVL", "CVL alone, below the DVL"])
+def test_an_implausible_update_is_dropped_whole(caplog, values, logged):
+    """A limit on its own is checked against the latest of the other (LYNK II limits are
+    unsigned and come in one frame; a battery plugin's or a transform's need not)."""
+    rig = Rig()
+    try:
+        with caplog.at_level(logging.WARNING):
+            rig.feed(T0, {**LYNK_SAMPLE, **QUIET})
+            rig.feed(T0 + 0.5, {**values, "soc": 10})
+            rig.run_until(T0 + 1.0)
+        model = rig.sink.model
+        assert model.implausible == 1
+        assert model.latest["soc"] == 72  # nothing of the dropped update is taken
+        assert hexes(rig.bursts()[T0 + 1.0]) == NORMAL_BURST
+        assert f"battery values ignored as implausible: {logged}" in caplog.text
+    finally:
+        rig.close()
+
+
+def test_implausible_values_are_not_blamed_once_the_data_is_fresh_again(lynk):
+    rig = lynk()
+    rig.seconds(3)
+    for n in range(3, 9):
+        rig.second(n, limits=bytes(8))
+    assert "last implausible values" in rig.rig.sink.status()["safety"]
+    for n in range(9, 11):
+        rig.second(n)
+    rig.rig.run_until(T0 + 20.0)  # stale again, for want of any data this time
+    status = rig.rig.sink.status()
+    assert status["state"] == "safe"
+    assert "implausible" not in status["safety"]
+
+
 # -- profiles: stop by voltage, Sol-Ark, Sofar, overrides --------------------------------------
 
 
@@ -226,6 +272,19 @@ def test_stop_by_voltage_lowers_cvl_to_the_pack_voltage(lynk, profile, voltage, 
     rig.second(3, voltage=voltage)
     assert rig.burst(3)[0x351] == NORMAL_BURST[0x351]  # charging allowed: the battery's CVL
 
+
+
+def test_stop_by_voltage_never_lifts_the_cvl_over_the_owners_cap(lynk):
+    """A pack above `max_charge_voltage` (the cap lowered after a full charge): disabling
+    charge must not send its voltage, which would raise the CVL charging gets."""
+    rig = lynk(inverter="deye", max_charge_voltage=54.0)
+    rig.second(0, voltage=55.0)
+    rig.second(1, alarms=HIGH_VOLTAGE_35A, voltage=55.0)
+    rig.second(2, voltage=55.0)
+    assert rig.burst(2)[0x351] == "1C 02 00 00 04 0B B0 01"  # 54.0 V, not 55.0 V
+    assert rig.burst(2)[0x35C] == "40 00"
+    rig.second(3, voltage=55.0)
+    assert rig.burst(3)[0x351] == "1C 02 04 0B 04 0B B0 01"  # charging: the cap, as before
 
 def test_stop_by_voltage_also_follows_a_zero_charge_limit(lynk):
     rig = lynk(inverter="victron")
@@ -324,6 +383,39 @@ def test_no_profile_ever_sends_an_unsafe_burst(profile):
         check()
     finally:
         rig.close()
+
+
+owner_limits = st.fixed_dictionaries({}, optional={
+    "current_share": st.integers(1, 10).map(lambda n: n / 10),
+    "max_charge_current": st.integers(0, 3000).map(lambda r: r / 10),
+    "max_discharge_current": st.integers(0, 3000).map(lambda r: r / 10),
+    "max_charge_voltage": st.integers(400, 650).map(lambda r: r / 10),
+})
+
+
+@settings(max_examples=150, deadline=None)
+@given(profile=st.sampled_from(profiles.names()), options=owner_limits, state=battery_states)
+def test_caps_and_a_current_share_only_ever_lower_the_battery_limits(profile, options, state):
+    """Each current limit sent is the lowest of the battery's limit times the share and the
+    cap, rounded down by less than a step; the CVL is never above the battery's, nor above
+    the cap unless the DVL holds it up."""
+    rig = Rig(inverter=profile, **options)
+    try:
+        config = rig.sink.config
+        sent = decode_burst(one_burst(rig, state))
+    finally:
+        rig.close()
+    for name, cap, flag in (("charge_current_limit", "max_charge_current", 0x80),
+                            ("discharge_current_limit", "max_discharge_current", 0x40)):
+        allowed = min(state[name] * config["current_share"],
+                      math.inf if config[cap] is None else config[cap])
+        if sent["flags"] & flag:
+            assert allowed - 0.1 - 1e-9 < sent[name] <= allowed + 1e-9, name
+        else:
+            assert sent[name] == pytest.approx(config["stop_current"]), name
+    cvl_cap = math.inf if config["max_charge_voltage"] is None else config["max_charge_voltage"]
+    assert sent["charge_voltage_limit"] <= state["charge_voltage_limit"] + 1e-9
+    assert sent["charge_voltage_limit"] <= max(cvl_cap, state["discharge_voltage_limit"]) + 1e-9
 
 
 def test_the_sample_values_pass_every_profile_unchanged_but_for_the_layout():
