@@ -203,7 +203,6 @@ class StopModel:
         cfg = owner.config
         self.owner = owner
         self.sending = sending
-        self.clock = owner.clock
         self.log = owner.log
         self.limited = owner.context.limited
         self.profile = cfg["inverter"]

@@ -645,6 +645,7 @@ def test_0x305_marks_the_inverter_alive_until_the_timeout(make_rig, extended, ca
         status = rig.sink.status()
         assert (status["inverter_alive"], status["inverter_last_seen_age"]) == (True, 10.0)
         assert status["frames_in"] == 1
+        assert "not seen" not in caplog.text
         rig.run_until(T0 + 11.5)
         status = rig.sink.status()
         assert (status["inverter_alive"], status["inverter_last_seen_age"]) == (False, 10.5)
@@ -671,6 +672,15 @@ def test_the_sink_never_sends_0x305_and_keeps_the_burst_order(make_rig):
     assert rig.sink.status()["frames_out"] == 180
 
 
+
+def test_no_burst_goes_out_after_stop(make_rig):
+    rig = make_rig()
+    rig.feed(T0 + 0.5, {**LYNK_SAMPLE, **QUIET})
+    rig.run_until(T0 + 2.0)
+    rig.sink.stop()
+    rig.run_until(T0 + 10.0)
+    assert sorted(rig.bursts()) == [T0 + 0.5, T0 + 1.5]
+
 # -- dry run ------------------------------------------------------------------------------
 
 
@@ -685,3 +695,6 @@ def test_dry_run_transmits_nothing_and_logs_the_bursts(make_rig, caplog):
     bursts = [r.getMessage() for r in caplog.records if r.getMessage().startswith("burst")]
     assert bursts == ["burst: 351#2F02040B040BB001 355#48006400 356#E61404001801 "
                       "359#0000000001504E 35C#C000 35E#50594C4F4E202020"] * 2
+    told = [r.getMessage() for r in caplog.records if r.getMessage().startswith("dry run")]
+    assert told == ["dry run, the inverter would get: CVL 55.9 V, CCL 282 A, DCL 282 A, "
+                    "DVL 43.2 V, SOC 72 %, charge on, discharge on"] * 2
