@@ -158,13 +158,13 @@ class SocGate:
         self.threshold: float | None = None
         self.stopped = False
 
-    def follow(self, soc: float, threshold: float | None) -> bool:
-        """Move with a new SOC (and the threshold now in force); True while stopped."""
+    def follow(self, soc: float, threshold: float | None) -> None:
+        """Move with a new SOC (and the threshold now in force); `stopped` says the result."""
         if threshold != self.threshold:
             self.threshold = threshold
             self.stopped = False
         if threshold is None:
-            return False
+            return
         if self.upper:
             if soc >= threshold:
                 self.stopped = True
@@ -174,4 +174,3 @@ class SocGate:
             self.stopped = True
         elif soc > threshold + self.band:
             self.stopped = False
-        return self.stopped
