@@ -85,7 +85,7 @@ def test_derate_reports_what_it_changed_and_why():
 
 def test_a_missing_or_stale_temperature_derates_to_the_lowest_value():
     derate, out = shaper(TemperatureDerate, charge_curve=CURVE,
-                         discharge_curve=[[-20, 50], [0, 282]], stale_after_secs=60.0)
+                         discharge_curve=[[-20, 50], [0, 282]])  # stale after 60 s
     got = feed(derate, out, 0.0, LIMITS)  # no temperature yet
     assert (got["charge_current_limit"], got["discharge_current_limit"]) == (0.0, 50.0)
     feed(derate, out, 1.0, {"temperature": 40.0})
@@ -153,9 +153,12 @@ def test_reserve_stops_charge_at_max_soc_unless_a_balancing_hold_is_on():
 
 @pytest.mark.parametrize(("cls", "options", "message"), [
     (TemperatureDerate, {}, "charge_curve: give charge_curve, discharge_curve or both"),
+    (TemperatureDerate, {"charge_curve": []}, "charge_curve: give at least one [°C, A] point"),
     (TemperatureDerate, {"charge_curve": [[0, 10, 3]]},
      "charge_curve: point 1: expected [°C, A], got 3 numbers"),
     (TemperatureDerate, {"charge_curve": [[0, -1]]}, "charge_curve: point 1: -1 A is negative"),
+    (TemperatureDerate, {"discharge_curve": [[0, -1]]},
+     "discharge_curve: point 1: -1 A is negative"),
     (ChargeTaper, {"soc_points": [[90, 10], [90, 20]]}, "soc_points: two points at the same %"),
     (SocReserve, {}, "min_soc: give min_soc, max_soc or both"),
     (SocReserve, {"min_soc": 50.0, "max_soc": 53.0}, "max_soc: must be more than 2 x"),
