@@ -34,7 +34,7 @@ def feed(component, out, at: float, values: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_a_ramp_starts_from_the_first_value_and_spreads_rises_out():
-    ramp, out = shaper(LimitRamp, amps_per_sec=10.0, volts_per_sec=0.1)
+    ramp, out = shaper(LimitRamp)  # the defaults: 10 A/s, 0.1 V/s
     assert feed(ramp, out, 0.0, {**LIMITS, "charge_current_limit": 20.0}) == {
         **LIMITS, "charge_current_limit": 20.0, "shape_active": False}
     # 20 -> 282 A: at most 10 A/s, so 30 A one second later, 50 A after three.
