@@ -88,7 +88,6 @@ class GlitchFilter(Transform):
                 self.context.limited.warning(
                     ("sustained", signal), "%s: %s = %g beyond its threshold for %d readings "
                     "in a row: passing the real readings", self.name, signal, value, self._run)
-            self._accepted = value
             self.emit(update)
         elif self._accepted is None:
             self._drop(update)  # no good reading to stand in yet: better none than a suspect one

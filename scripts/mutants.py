@@ -6,9 +6,9 @@ Each mutant changes one thing in the module: a comparison (`<` for `<=`, `==` fo
 boolean operator, a `not` dropped, an arithmetic operator, a number or a boolean constant,
 `min`/`max`, `floor`/`ceil` and `any`/`all` swapped, an `if` negated, or one statement of a
 function removed. Log calls, docstrings and messages are left alone. For each mutant the
-tests run (pytest `-x`, so a killed mutant costs only its first failing test); a mutant no
-test fails on is printed with its line. Some survivors are equivalent (they change nothing
-observable); the rest are tests to write.
+tests run (pytest `-x`: a caught mutant costs only its first failing test; one that makes
+them run five times as long loops, and counts as caught). A mutant no test fails on is
+printed with its line: a test to write, or a change nothing can observe.
 
 The module is changed in place and restored at the end, even on Ctrl-C: commit or stash
 your edits to it first, and do not edit the tree while it runs. This is a tool for people,
@@ -117,7 +117,7 @@ def mutants(tree: ast.Module) -> Iterator[Mutant]:
                    if isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef)
                    for inner in ast.walk(function)}
     for index, node in enumerate(ast.walk(tree)):
-        if id(node) in skip:
+        if id(node) in skip or (isinstance(node, ast.Expr) and id(node.value) in skip):
             continue
         variants = 0
         if isinstance(node, ast.Compare):
@@ -141,11 +141,14 @@ def mutants(tree: ast.Module) -> Iterator[Mutant]:
             yield Mutant(index, node, variant)
 
 
-def run_tests(tests: list[str]) -> bool:
-    """True when the tests pass."""
+def run_tests(tests: list[str], timeout: float | None = None) -> bool:
+    """True when the tests pass; a run past `timeout` (a mutant that loops) counts as failed."""
     command = [sys.executable, "-B", "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
                *tests]
-    return subprocess.run(command, capture_output=True).returncode == 0
+    try:
+        return subprocess.run(command, capture_output=True, timeout=timeout).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
 
 
 def main() -> int:
@@ -157,19 +160,20 @@ def main() -> int:
     original = module.read_text()
     tree = ast.parse(original)
     found = list(mutants(tree))
+    started = time.monotonic()
     if not run_tests(args.tests):
         print("the tests fail on the unchanged module: fix them first", file=sys.stderr)
         return 2
+    timeout = 5 * (time.monotonic() - started) + 30
     print(f"{len(found)} mutants of {args.module}", flush=True)
     survivors = 0
-    started = time.monotonic()
     try:
         for mutant in found:
             changed, after = mutant.apply(tree)
             module.write_text(ast.unparse(changed))
             for stale in module.parent.glob(f"__pycache__/{module.stem}.*.pyc"):
                 stale.unlink()
-            if run_tests(args.tests):
+            if run_tests(args.tests, timeout):
                 survivors += 1
                 print(f"line {mutant.line}: {mutant.before}  ->  {after}", flush=True)
     finally:

@@ -59,6 +59,8 @@ def test_sustained_drop_passes_from_the_samples_th_reading(
     out.clear()
     for index, reading in enumerate([46.8, 46.7, 53.0]):
         component.on_update(Update(200.0 + index, {"voltage": reading}))
+        if index == 0:
+            assert component.status()["state"] == "ok"  # passing the real readings
     assert [u.values["voltage"] for u in out] == [46.8, 46.7, 53.0]
     assert [r.getMessage() for r in caplog.records] == [
         "under_test: voltage = 46.8 beyond its threshold for 3 readings in a row: "
@@ -74,9 +76,9 @@ def test_a_good_reading_restarts_the_count() -> None:
     assert component.status()["sustained"] == 0
 
 
-def test_the_threshold_itself_is_not_beyond() -> None:
-    component, out = make_filter()
-    assert feed(component, out, "voltage", [53.5, 48.0]) == [53.5, 48.0]
+def test_the_thresholds_themselves_are_not_beyond() -> None:
+    component, out = make_filter(above=60.0)
+    assert feed(component, out, "voltage", [53.5, 48.0, 60.0]) == [53.5, 48.0, 60.0]
 
 
 def test_samples_one_lets_everything_through() -> None:

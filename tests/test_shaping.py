@@ -159,6 +159,7 @@ def test_reserve_stops_charge_at_max_soc_unless_a_balancing_hold_is_on():
     (TemperatureDerate, {"charge_curve": [[0, -1]]}, "charge_curve: point 1: -1 A is negative"),
     (TemperatureDerate, {"discharge_curve": [[0, -1]]},
      "discharge_curve: point 1: -1 A is negative"),
+    (ChargeTaper, {}, "soc_points: give soc_points, voltage_points or both"),
     (ChargeTaper, {"soc_points": [[90, 10], [90, 20]]}, "soc_points: two points at the same %"),
     (SocReserve, {}, "min_soc: give min_soc, max_soc or both"),
     (SocReserve, {"min_soc": 50.0, "max_soc": 53.0}, "max_soc: must be more than 2 x"),
