@@ -10,9 +10,10 @@ tests run (pytest `-x`: a caught mutant costs only its first failing test; one t
 them run five times as long loops, and counts as caught). A mutant no test fails on is
 printed with its line: a test to write, or a change nothing can observe.
 
-The module is changed in place and restored at the end, even on Ctrl-C: commit or stash
-your edits to it first, and do not edit the tree while it runs. This is a tool for people,
-not for CI: a module of 400 lines makes about 350 mutants, minutes to an hour of tests.
+The module is changed in place and restored at the end, even on Ctrl-C or `kill`: commit
+or stash your edits to it first, and do not edit the tree while it runs. This is a tool for
+people, not for CI: a module of 400 lines makes about 350 mutants, minutes to an hour of
+tests.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import ast
 import copy
+import signal
 import subprocess
 import sys
 import time
@@ -167,6 +169,8 @@ def main() -> int:
     timeout = 5 * (time.monotonic() - started) + 30
     print(f"{len(found)} mutants of {args.module}", flush=True)
     survivors = 0
+    # A background job ignores Ctrl-C: `kill` it, and the module is still restored.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     try:
         for mutant in found:
             changed, after = mutant.apply(tree)

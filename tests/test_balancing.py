@@ -17,7 +17,7 @@ from canbridge_plugins.balancing.state import read_state as read_now
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from canbridge import Clock, Update, writer
+from canbridge import ALARM_REPORT, REPORT_RECEIVED, Clock, Update, writer
 from canbridge.cli import _load, main
 from canbridge.locations import location_problem
 from canbridge.registry import load_registry
@@ -397,6 +397,77 @@ def test_balancing_that_cannot_record_runs_without_holds_and_says_so(
     assert balancing.status()["state"] == "degraded"
     assert (f"balancing will not start a hold it cannot record ({tmp_path}/plain is not a "
             "directory); the bridge goes on without balancing") in caplog.text
+    with caplog.at_level(logging.WARNING):
+        press_balance_now(balancing)
+    assert not balancing.holding
+    assert (f"balance now refused: the state file cannot be written ({tmp_path}/plain is not "
+            "a directory)") in caplog.text
+
+
+# -- the balance_now button (Home Assistant) ---------------------------------------------------
+
+
+def press_balance_now(balancing: CellBalancing) -> None:
+    board = balancing.context.controls
+    board.command(board.get("balance_now").parse("PRESS"))
+
+
+def test_balance_now_above_hold_soc_starts_a_hold_between_balances(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    write_state(tmp_path / "balancing.toml", SavedState(last_end=T0 - DAY))  # due in 2 days
+    balancing, out, _ = make(tmp_path)
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        feed(balancing, T0 + 1, soc=100)
+        assert balancing.status()["state"] == "idle"
+        press_balance_now(balancing)
+        assert balancing.holding
+        assert out[-1].values["soc_reported"] == 99
+        ramp(balancing, T0 + 2, [100] * int(HOLD))
+    assert messages(caplog)[-2:] == [
+        "balancing hold started: balance now pressed at SOC 100 %; reporting at most 99 % "
+        "for 35.0 min",
+        f"balancing hold completed at {iso(T0 + 1 + HOLD)}; next due "
+        f"{iso(T0 + 1 + HOLD + 3 * DAY)}"]
+    assert balancing.status()["state"] == "idle"  # the press was used up
+
+
+@pytest.mark.parametrize("alarm", [False, True], ids=["below hold_soc", "alarm active"])
+def test_balance_now_that_cannot_start_a_hold_makes_balancing_due(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, alarm: bool) -> None:
+    write_state(tmp_path / "balancing.toml", SavedState(last_end=T0 - DAY))
+    balancing, _, _ = make(tmp_path)
+    feed(balancing, T0 + 1, soc=100 if alarm else 90, alarm_general=alarm)
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        press_balance_now(balancing)
+    assert not balancing.holding
+    assert balancing.status()["state"] == "due"
+    assert messages(caplog) == [
+        "balance now: balancing is due; the hold starts when the SOC rises above 99 %"]
+    feed(balancing, T0 + 2, soc=90, alarm_general=False)
+    feed(balancing, T0 + 3, soc=100)
+    assert balancing.holding
+
+
+def test_an_alarm_report_ends_the_hold_and_the_next_report_without_it_clears_it(
+        tmp_path: Path) -> None:
+    """As the LYNK II sends them: whole reports, each replacing the last."""
+    balancing, _, _ = make(tmp_path)
+    end = ramp(balancing, T0, [98, 100])
+    assert balancing.holding
+    feed(balancing, end, **{ALARM_REPORT: REPORT_RECEIVED, "alarm_high_voltage": True})
+    assert not balancing.holding
+    feed(balancing, end + 1, **{ALARM_REPORT: REPORT_RECEIVED, "alarm_low_voltage": False})
+    ramp(balancing, end + 2, [98, 100])
+    assert balancing.holding
+
+
+def test_every_stale_episode_ends_a_hold(tmp_path: Path) -> None:
+    balancing, _, clock = make(tmp_path)
+    for episode in range(3):
+        end = ramp(balancing, T0 + 100 * episode, [98, 100])
+        assert balancing.holding, episode
+        run_timers(clock, end + 10)  # no soc for 10 s: stale after 5
+        assert not balancing.holding, episode
 
 
 CHECK_AS_NOBODY = """
