@@ -112,6 +112,25 @@ def _left_alone(node: ast.AST) -> ast.AST | None:
     return node.exc if isinstance(node, ast.Raise) else None
 
 
+def _variants(node: ast.AST, in_function: bool) -> list[int]:
+    """The changes `Mutant.apply` can make to `node`, by number."""
+    if isinstance(node, ast.Compare):
+        return [2 * position + choice for position, op in enumerate(node.ops)
+                for choice in range(len(COMPARISONS.get(type(op), ())))]
+    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+        return [0, 1]
+    changeable = (
+        isinstance(node, ast.BoolOp | ast.If)
+        or (isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not))
+        or (isinstance(node, ast.BinOp) and type(node.op) in ARITHMETIC)
+        or (isinstance(node, ast.Constant) and isinstance(node.value, bool))
+        or (isinstance(node, ast.Name) and node.id in SWAPPED_NAMES
+            and isinstance(node.ctx, ast.Load))
+        or (isinstance(node, ast.Attribute) and node.attr in SWAPPED_NAMES)
+        or (isinstance(node, STATEMENTS) and in_function))
+    return [0] if changeable else []
+
+
 def mutants(tree: ast.Module) -> Iterator[Mutant]:
     skip = {id(inner) for node in ast.walk(tree) if (zone := _left_alone(node)) is not None
             for inner in ast.walk(zone)}
@@ -121,25 +140,7 @@ def mutants(tree: ast.Module) -> Iterator[Mutant]:
     for index, node in enumerate(ast.walk(tree)):
         if id(node) in skip or (isinstance(node, ast.Expr) and id(node.value) in skip):
             continue
-        variants = 0
-        if isinstance(node, ast.Compare):
-            for position, op in enumerate(node.ops):
-                for choice in range(2):
-                    if choice < len(COMPARISONS.get(type(op), ())):
-                        yield Mutant(index, node, 2 * position + choice)
-            continue
-        if isinstance(node, ast.BoolOp | ast.If) or (
-                isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not)) or (
-                isinstance(node, ast.BinOp) and type(node.op) in ARITHMETIC) or (
-                isinstance(node, ast.Constant) and isinstance(node.value, bool)) or (
-                isinstance(node, ast.Name) and node.id in SWAPPED_NAMES
-                and isinstance(node.ctx, ast.Load)) or (
-                isinstance(node, ast.Attribute) and node.attr in SWAPPED_NAMES) or (
-                isinstance(node, STATEMENTS) and id(node) in in_function):
-            variants = 1
-        elif isinstance(node, ast.Constant) and isinstance(node.value, int | float):
-            variants = 2
-        for variant in range(variants):
+        for variant in _variants(node, id(node) in in_function):
             yield Mutant(index, node, variant)
 
 
