@@ -672,7 +672,6 @@ def test_the_sink_never_sends_0x305_and_keeps_the_burst_order(make_rig):
     assert rig.sink.status()["frames_out"] == 180
 
 
-
 def test_no_burst_goes_out_after_stop(make_rig):
     rig = make_rig()
     rig.feed(T0 + 0.5, {**LYNK_SAMPLE, **QUIET})

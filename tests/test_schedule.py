@@ -83,7 +83,6 @@ def test_min_soc_in_a_window_stops_discharge_with_hysteresis():
     assert dcl == [282.0, 0.0, 0.0, 0.0, 282.0]
 
 
-
 def test_a_new_min_soc_starts_its_hysteresis_afresh():
     """Discharge stopped at the morning's 40 %; the afternoon's 30 % lets 31 % discharge at
     once, not only once the SOC has climbed past the morning's band."""
@@ -97,6 +96,7 @@ def test_a_new_min_soc_starts_its_hysteresis_afresh():
         tou.on_update(Update(at, {**LIMITS, "soc": soc}))
         dcl.append(out[-1].values["discharge_current_limit"])
     assert dcl == [0.0, 282.0, 0.0, 0.0]
+
 
 # Both DST changes of 2026: Europe/Berlin on 29 March (02:00 CET -> 03:00 CEST) and 25 October
 # (03:00 CEST -> 02:00 CET); America/New_York on 8 March (02:00 EST -> 03:00 EDT) and 1

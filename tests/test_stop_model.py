@@ -220,22 +220,19 @@ def test_implausible_limits_age_into_the_safe_state(lynk, caplog, limits, logged
     ({"charge_voltage_limit": 43.0},
      "discharge_voltage_limit = 43.2 V is not below charge_voltage_limit = 43 V"),
 ], ids=["negative CCL", "negative DCL", "DVL alone, equal to the CVL", "CVL alone, below the DVL"])
-def test_an_implausible_update_is_dropped_whole(caplog, values, logged):
+def test_an_implausible_update_is_dropped_whole(lynk, caplog, values, logged):
     """A limit on its own is checked against the latest of the other (LYNK II limits are
     unsigned and come in one frame; a battery plugin's or a transform's need not)."""
-    rig = Rig()
-    try:
-        with caplog.at_level(logging.WARNING):
-            rig.feed(T0, {**LYNK_SAMPLE, **QUIET})
-            rig.feed(T0 + 0.5, {**values, "soc": 10})
-            rig.run_until(T0 + 1.0)
-        model = rig.sink.model
-        assert model.implausible == 1
-        assert model.latest["soc"] == 72  # nothing of the dropped update is taken
-        assert hexes(rig.bursts()[T0 + 1.0]) == NORMAL_BURST
-        assert f"battery values ignored as implausible: {logged}" in caplog.text
-    finally:
-        rig.close()
+    rig = lynk().rig  # fed updates straight, as such a plugin would
+    with caplog.at_level(logging.WARNING):
+        rig.feed(T0, {**LYNK_SAMPLE, **QUIET})
+        rig.feed(T0 + 0.5, {**values, "soc": 10})
+        rig.run_until(T0 + 1.0)
+    model = rig.sink.model
+    assert model.implausible == 1
+    assert model.latest["soc"] == 72  # nothing of the dropped update is taken
+    assert hexes(rig.bursts()[T0 + 1.0]) == NORMAL_BURST
+    assert f"battery values ignored as implausible: {logged}" in caplog.text
 
 
 def test_implausible_values_are_not_blamed_once_the_data_is_fresh_again(lynk):
@@ -273,7 +270,6 @@ def test_stop_by_voltage_lowers_cvl_to_the_pack_voltage(lynk, profile, voltage, 
     assert rig.burst(3)[0x351] == NORMAL_BURST[0x351]  # charging allowed: the battery's CVL
 
 
-
 def test_stop_by_voltage_never_lifts_the_cvl_over_the_owners_cap(lynk):
     """A pack above `max_charge_voltage` (the cap lowered after a full charge): disabling
     charge must not send its voltage, which would raise the CVL charging gets."""
@@ -285,6 +281,7 @@ def test_stop_by_voltage_never_lifts_the_cvl_over_the_owners_cap(lynk):
     assert rig.burst(2)[0x35C] == "40 00"
     rig.second(3, voltage=55.0)
     assert rig.burst(3)[0x351] == "1C 02 04 0B 04 0B B0 01"  # charging: the cap, as before
+
 
 def test_stop_by_voltage_also_follows_a_zero_charge_limit(lynk):
     rig = lynk(inverter="victron")
