@@ -92,7 +92,6 @@ class Decoder:
 
     def __init__(self, message: Message, *, choices: bool = False):
         self.message = message
-        self.length = message.length
         self.choices = {s.name: {int(k): str(v) for k, v in s.choices.items()}
                         for s in message.signals if choices and s.choices}
         self.compiled = compiled(message)

@@ -1,6 +1,6 @@
 """The core codec against cantools, the reference: every message of every shipped DBC and of
-a test DBC with big-endian, signed, float, multiplexed and 29-bit messages, on random frames
-and random values. The codec is built from the cached layouts, as at run time; cantools'
+a test DBC with big-endian, signed, float, multiplexed, 29-bit and unranged messages, on random
+frames and random values. The codec is built from the cached layouts, as at run time; cantools'
 own parse of the same file is the reference."""
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ def in_range(signal, value) -> bool:
 def test_the_shipped_dbcs_take_the_compiled_path_and_the_test_dbc_both():
     assert all(compiled(layout) for _, layout in SHIPPED)
     assert {m.name: compiled(m) for m in OURS.messages} == {
-        "BigEndian": False, "Signed": True, "Floats": False, "Muxed": False, "Extended": True}
+        "BigEndian": False, "Signed": True, "Floats": False, "Muxed": False, "Unranged": True,
+        "Extended": True}
 
 
 @settings(max_examples=600, deadline=None)
@@ -75,11 +76,25 @@ def test_decoding_a_random_frame_gives_cantools_answer_or_the_reason(pair, seed)
             assert type(ours[signal.name]) is type(expected) or isinstance(expected, float)
 
 
+def test_a_value_is_rounded_to_the_decimals_of_its_scale():
+    assert [decimals(scale) for scale in (1, 10, 0.5, 0.1, 0.25, 0.001, 1e-05)] == [
+        0, 0, 1, 1, 2, 3, 5]
+
+
 def test_a_value_out_of_the_dbc_range_is_refused_with_its_reason():
     soc = load_dbc(builtin_dbc("discover_lynk2")).get_message_by_name("StateOfCharge")
     with pytest.raises(CodecError) as excinfo:
         Decoder(soc)(bytes([101, 0, 100, 0, 0, 0, 0, 0]))
     assert str(excinfo.value) == "soc = 101 is outside the DBC range 0..100"
+
+
+def test_the_range_check_of_the_cantools_path_includes_its_ends():
+    big_endian = TEST_DBC.get_message_by_name("BigEndian")
+    decode = Decoder(OURS.get_message_by_name("BigEndian"))
+    values = {"pack_voltage": 53.5, "pack_current": 0, "state": 0}
+    assert decode(big_endian.encode({**values, "cell_count": 200}))["cell_count"] == 200
+    with pytest.raises(CodecError, match=r"^cell_count = 201 is outside the DBC range 0..200$"):
+        decode(big_endian.encode({**values, "cell_count": 201}, strict=False))
 
 
 def test_choices_can_come_out_as_their_names():
@@ -92,12 +107,15 @@ def test_choices_can_come_out_as_their_names():
 
 
 def encodable_values(message):
-    """Physical values within (and a little beyond) each signal's DBC range."""
+    """Physical values within (and a little beyond) each signal's DBC range, as floats and
+    as integers (a cap from a TOML file is an int, and must still be scaled)."""
     def signal_values(signal):
         low = signal.minimum if signal.minimum is not None else -1000
         high = signal.maximum if signal.maximum is not None else 1000
         span = (high - low) or 1
-        return st.floats(low - span / 10, high + span / 10, allow_nan=False)
+        low, high = low - span / 10, high + span / 10
+        return st.floats(low, high, allow_nan=False) | st.integers(math.ceil(low),
+                                                                    math.floor(high))
     if message.is_multiplexed():
         return st.sampled_from([0, 1]).flatmap(lambda page: st.fixed_dictionaries({
             "page": st.just(page),
@@ -125,7 +143,8 @@ def test_encoding_saturates_rounds_and_decodes_back_as_cantools_reads_it(data):
             assert got == pytest.approx(held, rel=1e-6)
             assert (signal.name in clamped) is (held != given_value)
             continue
-        low, high, step = signal.minimum, signal.maximum, signal.scale
+        low, high = signal_range(signal)
+        step = signal.scale
         if given_value < low - step or given_value > high + step:
             assert signal.name in clamped  # saturated, never wrapped
             assert got == pytest.approx(min(max(given_value, low), high), abs=step)
@@ -134,6 +153,15 @@ def test_encoding_saturates_rounds_and_decodes_back_as_cantools_reads_it(data):
             assert signal.name not in clamped
         else:  # within a step of an end: rounds to it, clamped or not
             assert low - 1e-9 <= got <= high + 1e-9
+
+
+def signal_range(signal) -> tuple[float, float]:
+    """The DBC range, or without one (`[0|0]`) what the signal's bits carry."""
+    if signal.minimum is not None and signal.maximum is not None:
+        return signal.minimum, signal.maximum
+    half = 1 << signal.length - 1
+    low, high = (-half, half - 1) if signal.is_signed else (0, 2 * half - 1)
+    return low * signal.scale + signal.offset, high * signal.scale + signal.offset
 
 
 @settings(max_examples=200, deadline=None)
@@ -149,6 +177,8 @@ def test_an_encoder_remembering_its_last_frame_encodes_as_a_fresh_one(data):
         assert kept.encode(values, kept_clamped) == Encoder(layout).encode(values,
                                                                            fresh_clamped)
         assert kept_clamped == fresh_clamped
+    again: list[str] = []
+    assert kept.encode(values, again) is kept.encode(values, again)  # not encoded again
 
 
 def test_rounding_goes_to_the_side_the_caller_names():

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from canbridge_plugins.pylontech_rs485 import PylontechRs485Sink, frames
+from canbridge_plugins.pylontech_rs485 import PylontechRs485Sink, frames, info
 from conftest import wait_until
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -99,6 +99,20 @@ def test_the_frame_codec_reproduces_real_pylontech_frames() -> None:
     assert frames.encode(0x20, 2, 0x46, 0, frame.info) == answer
 
 
+def test_length_carries_its_own_checksum_over_all_three_nibbles() -> None:
+    """LCHKSUM by hand: the nibble sum mod 16, inverted, plus one; over 255 INFO characters
+    the third nibble counts too."""
+    assert [frames.length_field(n) for n in (0, 0x012, 0x06E, 0x100, 0x1FF, 0xFFF)] == [
+        0x0000, 0xD012, 0xC06E, 0xF100, 0x11FF, 0x3FFF]
+    for too_long in (-1, 0x1000):
+        with pytest.raises(ValueError, match="does not fit LENID"):
+            frames.length_field(too_long)
+    info = bytes(range(150))
+    long_frame = frames.encode(0x20, 2, 0x46, 0, info)
+    assert long_frame[9:13] == b"112C"  # 300 characters: 1 + 2 + 12 = 15 -> LCHKSUM 1
+    assert frames.decode(long_frame).info == info
+
+
 @pytest.mark.parametrize(("raw", "problem"), [
     (b"~20024642E00202FD34\r", "CHKSUM FD34, expected FD33"),
     (b"~20024642F00202FD32\r", "LCHKSUM of LENGTH F002 is wrong"),
@@ -169,6 +183,78 @@ def test_an_alarm_reaches_0x44_and_stops_charging_in_0x92(rig) -> None:
     assert (ccl, dcl, status) == (0, -2820, 0x40)  # the flag and the limit together
     pty.request(poll(0x44, b"\x02"))
     assert frames.decode(pty.read()).info[-9:-5] == bytes([0, 0, 2, 0])  # pack voltage high
+
+
+@pytest.mark.parametrize(("alarm", "states"), [
+    ("alarm_low_voltage", [0, 0, 1, 0]),
+    ("alarm_high_temp_charge", [2, 0, 0, 0]),
+    ("alarm_low_temp_discharge", [1, 0, 0, 0]),
+    ("alarm_high_charge_current", [0, 2, 0, 0]),
+    ("alarm_high_discharge_current", [0, 0, 0, 2]),
+])
+def test_each_alarm_has_its_place_in_0x44(rig, alarm: str, states: list[int]) -> None:
+    """Temperature, charge current, pack voltage, discharge current: 1 below the lower
+    limit, 2 above the upper one."""
+    sink, pty = rig()
+    fed(sink, {alarm: True})
+    pty.request(poll(0x44, b"\x02"))
+    assert list(frames.decode(pty.read()).info[-9:-5]) == states
+
+
+@pytest.mark.parametrize(("capacity", "cell_mv"), [(50, 3821), (65.535, 3821)])
+def test_a_small_pack_has_two_byte_capacities_and_cell_limits_rounded_inward(
+        rig, capacity: float, cell_mv: int) -> None:
+    """Up to 65.535 Ah the capacities fit 16 bits (item count 2). With 14 cells neither limit
+    divides evenly: the cell's high limit is rounded down and its low limit up."""
+    sink, pty = rig(cells=14)
+    fed(sink, {"capacity_nominal": capacity})
+    pty.request(poll(0x42, b"\x02"))
+    analog = frames.decode(pty.read()).info
+    assert set(struct.unpack(">14H", analog[3:31])) == {cell_mv}  # 53.5 V / 14
+    total = round(capacity * 1000)
+    assert struct.unpack(">hHHBHH", analog[34:]) == (4, 53500, round(total * 0.72), 2, total,
+                                                     0)
+    pty.request(poll(0x47, b"\x02"))
+    cell_high, cell_low = struct.unpack(">HH", frames.decode(pty.read()).info[1:5])
+    assert (cell_high, cell_low) == (3992, 3086)  # 55.9 V / 14 = 3992.9, 43.2 V / 14 = 3085.7
+
+
+def test_limits_beyond_the_fields_saturate(rig) -> None:
+    """A bank whose current limits pass 3276.7 A: the 0.1 A fields hold their extreme, never
+    wrapping to a negative limit."""
+    sink, pty = rig()
+    fed(sink, {"charge_current_limit": 4000.0, "discharge_current_limit": 4000.0})
+    pty.request(poll(0x92, b"\x02"))
+    _, _, ccl, dcl, status = struct.unpack(">HHhhB", frames.decode(pty.read()).info[1:])
+    assert (ccl, dcl, status) == (32767, -32767, 0xC0)
+
+
+def test_a_capacity_beyond_three_bytes_is_held_at_their_maximum(rig) -> None:
+    """The LYNK II's capacity field reaches 65535 Ah; the analog answer's mAh fields stop at
+    16777.215 Ah, and are held there rather than the answer failing."""
+    sink, pty = rig()
+    fed(sink, {"capacity_nominal": 20000})
+    pty.request(poll(0x42, b"\x02"))
+    fields = frames.decode(pty.read()).info[-6:]
+    assert (int.from_bytes(fields[:3], "big"), int.from_bytes(fields[3:], "big")) == (
+        14_400_000, 0xFFFFFF)  # 72 % of 20000 Ah still fits; the total does not
+
+
+def test_a_fault_building_one_answer_costs_only_that_answer(rig, monkeypatch) -> None:
+    sink, pty = rig()
+    fed(sink)
+
+    def broken(*_: Any) -> bytes:
+        raise RuntimeError("a bug in one builder")
+
+    monkeypatch.setattr(info, "alarms", broken)
+    pty.request(poll(0x44, b"\x02"))
+    assert pty.read(0.3) == b""
+    pty.request(poll(0x92, b"\x02"))
+    assert pty.read() == hexes(EXPECTED[0x92])
+    status = sink.status()
+    assert (status["errors"], status["port"]) == (1, "open")
+    assert "a bug in one builder" in status["last_error"]
 
 
 def test_a_capacity_of_its_own_reaches_the_analog_answer(rig) -> None:

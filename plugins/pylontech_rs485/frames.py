@@ -8,6 +8,8 @@ LENID's three nibbles, mod 16, inverted, plus one. CHKSUM is the sum of every ch
 between `~` and CHKSUM, mod 65536, inverted, plus one. CID1 is 0x46 for a battery. In a
 response CID2 is the return code (RTN): 0x00 normal, 0x01 VER error, 0x02 CHKSUM error,
 0x03 LCHKSUM error, 0x04 CID2 invalid, 0x05 command format error, 0x06 invalid data.
+canbridge answers only RTN 0x00 and 0x04: a frame it cannot read gets silence, since its
+address cannot be trusted on a bus shared with other batteries.
 
 Source: Pylontech "RS485 protocol pylon low voltage V3.3" (2018-08-21), published in the
 Frankkkkk/python-pylontech repository; checked against its real frames:
@@ -20,16 +22,12 @@ from dataclasses import dataclass
 
 SOI, EOI = ord("~"), ord("\r")
 CID1_BATTERY = 0x46
-RTN_NORMAL, RTN_VER, RTN_CHKSUM, RTN_LCHKSUM, RTN_CID2, RTN_FORMAT = 0, 1, 2, 3, 4, 5
+RTN_NORMAL, RTN_CID2 = 0x00, 0x04
 MAX_INFO_CHARS = 0xFFF
 
 
 class FrameError(ValueError):
-    """A frame that cannot be read; `rtn` is the return code a battery answers it with."""
-
-    def __init__(self, message: str, rtn: int = RTN_FORMAT):
-        super().__init__(message)
-        self.rtn = rtn
+    """A frame that cannot be read; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -75,10 +73,10 @@ def decode(frame: bytes) -> Frame:
     except (UnicodeDecodeError, ValueError):
         raise FrameError("not ASCII hex") from None
     if checksum(body) != expected:
-        raise FrameError(f"CHKSUM {expected:04X}, expected {checksum(body):04X}", RTN_CHKSUM)
+        raise FrameError(f"CHKSUM {expected:04X}, expected {checksum(body):04X}")
     info_chars = length & MAX_INFO_CHARS
     if length_field(info_chars) != length:
-        raise FrameError(f"LCHKSUM of LENGTH {length:04X} is wrong", RTN_LCHKSUM)
+        raise FrameError(f"LCHKSUM of LENGTH {length:04X} is wrong")
     info_hex = text[12:]
     if len(info_hex) != info_chars:
         raise FrameError(f"LENID says {info_chars} INFO characters, the frame has "

@@ -21,7 +21,7 @@ from canbridge.safety import Decision
 
 KELVIN_TENTHS = 2731
 SOFTWARE_VERSION = b"\x01\x00"
-U16_MAX = 0xFFFF
+U16_MAX, U24_MAX = 0xFFFF, 0xFFFFFF
 
 # 0x92 status byte: the same flags as the CAN 0x35C byte 0.
 CHARGE_ENABLE, DISCHARGE_ENABLE = 0x80, 0x40
@@ -50,7 +50,8 @@ def manufacturer(name: str) -> bytes:
 
 def analog(d: Decision, address: int, cells: int, capacity_ah: float) -> bytes:
     """0x42: INFOFLAG, the pack's address, cell voltages, temperatures, current, voltage,
-    remaining and total capacity (mAh; 3-byte fields when more than 65.535 Ah), cycles."""
+    remaining and total capacity (mAh; 3-byte fields when more than 65.535 Ah, held at
+    16777.215 Ah), cycles."""
     cell_mv = _millivolts(d.voltage / cells)
     total_mah = round(capacity_ah * 1000)
     remaining_mah = round(total_mah * float(d.soc) / 100)  # the SOC the inverter is told
@@ -62,7 +63,8 @@ def analog(d: Decision, address: int, cells: int, capacity_ah: float) -> bytes:
         out += struct.pack(">HBHH", remaining_mah, 2, total_mah, 0)
     else:  # user-defined item count 4: the capacities again, in three bytes each
         out += struct.pack(">HBHH", U16_MAX, 4, U16_MAX, 0)
-        out += remaining_mah.to_bytes(3, "big") + total_mah.to_bytes(3, "big")
+        out += b"".join(min(mah, U24_MAX).to_bytes(3, "big") for mah in (remaining_mah,
+                                                                          total_mah))
     return bytes(out)
 
 

@@ -178,12 +178,24 @@ class PylontechRs485Sink(InverterSink):
                 if start < 0:
                     self._malformed("bytes without a frame start", None)
                     continue
-                answer = self.answer(line[start:] + b"\r")
+                answer = self._answer_guarded(line[start:] + b"\r")
                 if answer is not None:
                     port.write(answer)
             if len(pending) > MAX_FRAME:
                 pending = b""
                 self._malformed("over 4096 bytes without an end of frame", None)
+
+    def _answer_guarded(self, raw: bytes) -> bytes | None:
+        """`answer`, where a fault in building one answer costs that answer (silence), not
+        the port thread: the next request, a 0x92 with its stop flags above all, still gets
+        one."""
+        try:
+            return self.answer(raw)
+        except Exception as exc:  # any fault: this thread must go on answering
+            self.errors += 1
+            self.last_error = f"answering {raw[:13]!r}: {exc!r}"
+            self._tell("fault", logging.ERROR, "could not answer %r: %r", raw[:13], exc)
+            return None
 
     def answer(self, raw: bytes) -> bytes | None:
         """The response to one request frame, or None for silence (on the port thread)."""
