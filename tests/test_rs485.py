@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import serial
 from canbridge_plugins.pylontech_rs485 import PylontechRs485Sink, frames, info
 from conftest import wait_until
 from hypothesis import given, settings
@@ -257,6 +258,16 @@ def test_a_fault_building_one_answer_costs_only_that_answer(rig, monkeypatch) ->
     assert "a bug in one builder" in status["last_error"]
 
 
+def test_without_a_capacity_from_the_battery_the_configured_one_is_answered(rig) -> None:
+    sink, pty = rig(capacity_ah=50.0)
+    at = sink.clock.now() + 0.5
+    feed(sink, Update(at, LYNK_SAMPLE))  # no capacity_nominal in it
+    run_timers(sink.clock, at + sink.config["period_secs"])
+    pty.request(poll(0x42, b"\x02"))
+    remaining, items, total = struct.unpack(">HBH", frames.decode(pty.read()).info[-7:-2])
+    assert (remaining, items, total) == (36000, 2, 50000)
+
+
 def test_a_capacity_of_its_own_reaches_the_analog_answer(rig) -> None:
     sink, _ = rig()
     fed(sink)
@@ -313,10 +324,14 @@ def test_a_poll_storm_is_bounded(rig) -> None:
     while chunk := pty.read(0.5):
         replies += chunk
     assert 5 <= replies.count(b"\r") <= 7  # one second's worth, however many came
-    assert sink.status()["ignored"] >= 33
+    status = sink.status()
+    assert status["ignored"] >= 33
+    assert (status["frames_in"], status["frames_out"]) == (40, replies.count(b"\r"))
+    pty.request(poll(0x4F))  # half a second of quiet later, the bucket has refilled
+    assert frames.decode(pty.read()).cid2 == 0
 
 
-def test_a_port_that_vanishes_is_opened_again(rig, tmp_path: Path) -> None:
+def test_a_port_that_vanishes_is_opened_again(rig, tmp_path: Path, caplog) -> None:
     sink, pty = rig()
     fed(sink)
     pty.close()  # the adapter is unplugged
@@ -326,9 +341,20 @@ def test_a_port_that_vanishes_is_opened_again(rig, tmp_path: Path) -> None:
         wait_until(lambda: sink.port_state == "open", timeout=10)
         again.request(poll(0x4F))
         assert frames.decode(again.read()).cid2 == 0
-        assert sink.status()["reopens"] == 1
+        status = sink.status()
+        assert status["reopens"] == 1
+        assert str(pty.link) in status["last_error"]  # the latest failure
+        told = [r.message for r in caplog.records if "backoff" in r.message]
+        assert len(told) == 1 and f"{pty.link} failed: " in told[0]  # once an outage
     finally:
         again.close()
+
+
+def test_stop_ends_the_port_thread_and_frees_the_port(rig) -> None:
+    sink, pty = rig()
+    sink.stop()
+    assert not sink._thread.is_alive()
+    serial.Serial(str(pty.link), exclusive=True).close()  # no one holds it any more
 
 
 # -- the safety property, through the RS485 answers -------------------------------------------
