@@ -190,6 +190,22 @@ def test_sends_failing_because_the_link_is_down_reopen_the_bus_with_backoff(
     ]
 
 
+@pytest.mark.parametrize(("error", "state"), [
+    (("Network is down", None), "reopening"),  # a driver that gives no error code
+    (("Failed to transmit: No such device", None), "reopening"),
+    (("Transmit buffer full", None), "ok"),
+    (("Bad file descriptor", errno.EBADF), "reopening"),
+    (("Transmit buffer full", errno.ENOBUFS), "ok"),
+])
+def test_a_send_failure_reopens_only_when_it_says_the_link_is_gone(
+        rig: Rig, error: tuple[str, int | None], state: str) -> None:
+    rig.faults.send_error = error
+    rig.faults.sends_fail.set()
+    for _ in range(buses_module.FAILURES_BEFORE_REOPEN):
+        assert rig.inverter.send(frame(0x351)) is False
+    assert rig.inverter.state == state
+
+
 def test_a_success_resets_the_count_of_failures_in_a_row(
         rig: Rig) -> None:
     inverter, faults = rig.inverter, rig.faults

@@ -315,7 +315,7 @@ def test_bad_and_truncated_frames_and_garbage_are_counted_and_ignored(rig) -> No
     assert sink.status()["malformed"] == 3
 
 
-def test_a_poll_storm_is_bounded(rig) -> None:
+def test_a_poll_storm_is_bounded(rig, caplog) -> None:
     sink, pty = rig(max_answers_per_sec=5.0)
     fed(sink)
     for _ in range(40):
@@ -327,6 +327,8 @@ def test_a_poll_storm_is_bounded(rig) -> None:
     status = sink.status()
     assert status["ignored"] >= 33
     assert (status["frames_in"], status["frames_out"]) == (40, replies.count(b"\r"))
+    assert [r.message for r in caplog.records if "requests a second" in r.message] == [
+        f"{sink.name}: more than 5 requests a second: ignoring the rest"]
     pty.request(poll(0x4F))  # half a second of quiet later, the bucket has refilled
     assert frames.decode(pty.read()).cid2 == 0
 
@@ -334,6 +336,7 @@ def test_a_poll_storm_is_bounded(rig) -> None:
 def test_a_port_that_vanishes_is_opened_again(rig, tmp_path: Path, caplog) -> None:
     sink, pty = rig()
     fed(sink)
+    assert sink.status()["reopens"] == 0  # the first open is not a reopen
     pty.close()  # the adapter is unplugged
     wait_until(lambda: sink.port_state == "reopening")
     again = Pty(tmp_path / "ttyBMS")  # plugged in again (the by-id name comes back)
