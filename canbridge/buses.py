@@ -97,6 +97,7 @@ class BusHandle:
         self._thread: threading.Thread | None = None
         self._consecutive_failures = 0
         self._failing = False  # in a failure episode: repeats are logged at debug level
+        self._told_send_failed = False  # so its end is told too, however short it was
         self._episode_reopens = 0
         self._told_at_max = False
         self._reopen = threading.Event()
@@ -215,8 +216,8 @@ class BusHandle:
 
     def _traffic_works(self) -> None:
         """A frame went out or came in: a failure episode, if any, is over."""
-        if self._failing and self.state == "ok":
-            self._failing = False
+        if (self._failing or self._told_send_failed) and self.state == "ok":
+            self._failing = self._told_send_failed = False
             self._episode_reopens = 0
             log.warning("bus %s: working again", self.name)
 
@@ -227,6 +228,7 @@ class BusHandle:
         quiet = self._failing  # one episode, however long, is told once
         if self._consecutive_failures == 1 and not quiet:
             log.warning("bus %s: send failed: %s", self.name, self.last_error)
+            self._told_send_failed = True
         if not _bus_down(exc):
             # Nothing acknowledged (the other node is off): keep the bus open and reading.
             self._failing = True

@@ -207,8 +207,9 @@ def test_a_send_failure_reopens_only_when_it_says_the_link_is_gone(
 
 
 def test_a_success_resets_the_count_of_failures_in_a_row(
-        rig: Rig) -> None:
+        rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
     inverter, faults = rig.inverter, rig.faults
+    caplog.set_level(logging.WARNING, logger="canbridge.bus")
     for _ in range(3):
         faults.sends_fail.set()
         for _ in range(buses_module.FAILURES_BEFORE_REOPEN - 1):
@@ -218,6 +219,9 @@ def test_a_success_resets_the_count_of_failures_in_a_row(
     assert inverter.state == "ok"
     assert (inverter.send_errors, inverter.frames_out, inverter.reopens) == (12, 3, 0)
     assert len(faults.open_attempts) == 1
+    assert caplog.messages == [  # each episode ends with the send that went out
+        "bus inverter: send failed: Network is down [Error Code 100]",
+        "bus inverter: working again"] * 3
 
 
 def test_a_receive_failure_reopens_the_bus(
