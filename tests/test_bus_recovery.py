@@ -7,6 +7,7 @@ import errno
 import functools
 import itertools
 import logging
+import os
 import queue
 import threading
 import time
@@ -33,7 +34,8 @@ class Faults:
 
     def __init__(self) -> None:
         self.sends_fail = threading.Event()
-        self.send_error = ("Network is down", errno.ENETDOWN)
+        self.send_error: tuple[str, int | None] | BaseException = (
+            "Network is down", errno.ENETDOWN)
         self.recv_fails = threading.Event()
         self.unplugged = threading.Event()
         self.open_attempts: list[float] = []
@@ -47,7 +49,10 @@ class FlakyBus(VirtualBus):
 
     def send(self, msg: can.Message, timeout: float | None = None) -> None:
         if self.faults.sends_fail.is_set():
-            text, code = self.faults.send_error
+            error = self.faults.send_error
+            if isinstance(error, BaseException):
+                raise error
+            text, code = error
             raise can.CanOperationError(text, error_code=code)
         super().send(msg, timeout)
 
@@ -190,15 +195,23 @@ def test_sends_failing_because_the_link_is_down_reopen_the_bus_with_backoff(
     ]
 
 
+def caused_by(number: int) -> can.CanOperationError:
+    error = can.CanOperationError("Failed to transmit")
+    error.__cause__ = OSError(number, os.strerror(number))
+    return error
+
+
 @pytest.mark.parametrize(("error", "state"), [
     (("Network is down", None), "reopening"),  # a driver that gives no error code
     (("Failed to transmit: No such device", None), "reopening"),
     (("Transmit buffer full", None), "ok"),
     (("Bad file descriptor", errno.EBADF), "reopening"),
     (("Transmit buffer full", errno.ENOBUFS), "ok"),
+    (caused_by(errno.ENETDOWN), "reopening"),  # the number only on the OS error behind it
+    (caused_by(errno.ENOBUFS), "ok"),
 ])
 def test_a_send_failure_reopens_only_when_it_says_the_link_is_gone(
-        rig: Rig, error: tuple[str, int | None], state: str) -> None:
+        rig: Rig, error: tuple[str, int | None] | BaseException, state: str) -> None:
     rig.faults.send_error = error
     rig.faults.sends_fail.set()
     for _ in range(buses_module.FAILURES_BEFORE_REOPEN):

@@ -22,7 +22,7 @@ from canbridge_plugins.mqtt import MqttSink
 from test_pylontech import LYNK_SAMPLE, NORMAL_BURST, T0, Rig, hexes
 
 from canbridge import Update, writer
-from canbridge.controls import ControlBoard
+from canbridge.controls import BUTTON, NUMBER, SWITCH, Command, Control, ControlBoard
 from canbridge.testing import build
 
 broker = mosquitto_fixture()
@@ -104,6 +104,53 @@ def test_home_assistant_finds_every_control_as_an_entity(broker, bridge):
         # the current values, retained, for the entities' state
         assert sub.wait(f"{BASE}/control/charging").payload == b"ON"
         assert sub.wait(f"{BASE}/control/charge_current_max").payload == b"3276.7"
+
+
+AMPS = Control("amps", NUMBER, "a cap", "A", minimum=0.0, maximum=100.0)
+CHARGING = Control("charging", SWITCH, "charging allowed")
+BALANCE_NOW = Control("balance_now", BUTTON, "balance now")
+
+
+@pytest.mark.parametrize(("control", "payload", "command"), [
+    (AMPS, b" 50\n", Command("amps", 50.0)),
+    (AMPS, b' {"value": 20, "for_minutes": 5}\r\n', Command("amps", 20.0, 5.0)),
+    (AMPS, "100", Command("amps", 100.0)),
+    (CHARGING, b"on", Command("charging", True)),
+    (CHARGING, b"OFF", Command("charging", False)),
+    (CHARGING, b'{"value": true}', Command("charging", True)),
+    (CHARGING, b"0", Command("charging", False)),
+    (BALANCE_NOW, b"press", Command("balance_now", None)),
+    (BALANCE_NOW, b"{}", Command("balance_now", None)),
+])
+def test_a_command_is_read_from_a_plain_value_or_a_json_object(
+        control: Control, payload: bytes | str, command: Command) -> None:
+    assert control.parse(payload) == command
+
+
+@pytest.mark.parametrize(("control", "payload", "reason"), [
+    (AMPS, b"nan", "value: expected a finite number, got 'nan'"),
+    (AMPS, b'{"value": true}', "value: expected a number, got True"),
+    (AMPS, b'{"value": 5, "until": 3}', "unknown key 'until'"),
+    (AMPS, b'{"for_minutes": 3}', 'expected {"value": ..., "for_minutes": ...}'),
+    (AMPS, b"-0.1", "-0.1 is out of range (0..100)"),
+    (CHARGING, b"maybe", "expected ON or OFF, got 'maybe'"),
+    (BALANCE_NOW, b"ON", 'a button takes "PRESS", got \'ON\''),
+])
+def test_a_command_that_cannot_be_read_says_why(control: Control, payload: bytes,
+                                                reason: str) -> None:
+    with pytest.raises(ValueError) as excinfo:
+        control.parse(payload)
+    assert str(excinfo.value) == reason
+
+
+def test_the_board_keeps_each_controls_latest_value_and_tells_listeners() -> None:
+    board, heard = ControlBoard(), []
+    board.offer(AMPS, lambda command: None, 100.0)
+    board.listen(lambda name, value: heard.append((name, value)))
+    board.changed("amps", 20.0)
+    assert (board.value("amps"), heard) == (20.0, [("amps", 20.0)])
+    with pytest.raises(ValueError, match="control 'amps' is offered twice"):
+        board.offer(AMPS, lambda command: None, 100.0)
 
 
 def test_a_set_command_changes_the_frames_within_one_period(broker, bridge, caplog):
