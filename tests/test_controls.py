@@ -115,6 +115,7 @@ BALANCE_NOW = Control("balance_now", BUTTON, "balance now")
     (AMPS, b" 50\n", Command("amps", 50.0)),
     (AMPS, b' {"value": 20, "for_minutes": 5}\r\n', Command("amps", 20.0, 5.0)),
     (AMPS, "100", Command("amps", 100.0)),
+    (AMPS, b'{"value": 5, "for_minutes": 0}', Command("amps", 5.0, 0.0)),  # 0: until changed
     (CHARGING, b"on", Command("charging", True)),
     (CHARGING, b"OFF", Command("charging", False)),
     (CHARGING, b'{"value": true}', Command("charging", True)),
