@@ -151,6 +151,36 @@ def test_reserve_stops_charge_at_max_soc_unless_a_balancing_hold_is_on():
         "charge_current_limit"] == 0.0
 
 
+def test_the_controls_min_soc_stops_discharge_and_resumes_past_the_hysteresis():
+    from canbridge_plugins.control import Controls
+
+    board = ControlBoard()
+    controls = build(Controls, {"inputs": ["x"], "hysteresis": 2.0}, controls=board)
+    out = capture(controls)
+    assert feed(controls, out, 0.0, {**LIMITS, "soc": 15})["discharge_current_limit"] == 282.0
+    board.command(board.get("min_soc").parse("20"))  # set at run time: no reserve before
+    sequence = [(25, 282.0), (20, 0.0), (21, 0.0), (22, 0.0), (22.5, 282.0), (20.5, 282.0),
+                (19, 0.0)]
+    got = [feed(controls, out, 1.0 + i, {**LIMITS, "soc": soc})["discharge_current_limit"]
+           for i, (soc, _) in enumerate(sequence)]
+    assert got == [dcl for _, dcl in sequence]
+
+
+def test_a_command_replacing_a_timed_one_is_not_ended_by_the_first_ones_expiry():
+    from canbridge_plugins.control import Controls
+
+    board, clock = ControlBoard(), Clock(virtual=True, start=0.0)
+    controls = build(Controls, {"inputs": ["x"]}, controls=board, clock=clock)
+    board.command(board.get("charging").parse('{"value": "OFF", "for_minutes": 1}'))
+    run_timers(clock, 30.0)
+    board.command(board.get("charging").parse('{"value": "OFF", "for_minutes": 10}'))
+    run_timers(clock, 61.0)
+    assert (controls.value("charging"), board.value("charging")) == (False, False)
+    run_timers(clock, 631.0)
+    assert (controls.value("charging"), board.value("charging")) == (True, True)
+    assert controls.status()["commands"] == 2
+
+
 @pytest.mark.parametrize(("cls", "options", "message"), [
     (TemperatureDerate, {}, "charge_curve: give charge_curve, discharge_curve or both"),
     (TemperatureDerate, {"charge_curve": []}, "charge_curve: give at least one [°C, A] point"),
