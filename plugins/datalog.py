@@ -104,6 +104,9 @@ class _Writer:
                     if len(self._waiting) > MAX_WAITING:
                         del self._waiting[0]
                         self.dropped += 1
+                        self.results.put(("error", f"{MAX_WAITING} rows wait for the disk: "
+                                                   f"the oldest is dropped ({self.dropped} "
+                                                   "so far)"))
                 elif job[0] == "flush":
                     self._write_waiting()
                 else:
@@ -343,7 +346,8 @@ class DataLog(Sink):
             state = "waiting"
         else:
             state = "ok"
-        return {"state": state, "rows": self.rows, "errors": self.errors,
+        return {"state": state, "rows": self.rows, "rows_dropped": self._writer.dropped,
+                "errors": self.errors,
                 "last_seen_age": self.age(self.latest.last_update),
                 "last_row_age": self.age(self.last_row),
                 "file": self.file}

@@ -13,6 +13,7 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from canbridge_plugins import datalog
 from canbridge_plugins.datalog import DEFAULT_SIGNALS, DataLog
 from conftest import SAMPLE, canbridge_cmd, run_canbridge, subprocess_env, write_capture
 
@@ -189,6 +190,20 @@ def test_old_files_of_its_own_pattern_are_deleted(tmp_path: Path,
     assert f"deleted {logs / 'battery-2025-04-20.csv'}" in caplog.messages
 
 
+def test_a_clock_that_starts_in_the_future_prunes_from_the_newest_file(tmp_path: Path) -> None:
+    """A Pi without a real-time clock may start a year ahead: the first row prunes as if
+    the day after the newest file were today, so the last keep_days of files stay."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    for day in ("2025-04-20", "2025-04-21", "2025-04-22", "2025-04-23"):
+        (logs / f"battery-{day}.csv").write_text("old\n")
+    sink, clock = make(tmp_path, "2026-04-24T12:00:00", signals=["soc"], keep_days=3)
+    advance(sink, clock, 60, {1: {"soc": 1.0}})
+    sink.stop()
+    assert sorted(p.name for p in logs.iterdir()) == [
+        "battery-2025-04-22.csv", "battery-2025-04-23.csv", "battery-2026-04-24.csv"]
+
+
 def test_pruning_happens_again_each_new_day(tmp_path: Path) -> None:
     logs = tmp_path / "logs"
     logs.mkdir()
@@ -257,6 +272,24 @@ def test_an_unwritable_folder_is_logged_once_counted_and_recovers(
     assert sink.status()["errors"] == 3
     day = tmp_path / "logs" / "battery-2025-04-24.csv"
     assert f"writing {day} again" in caplog.messages
+
+
+def test_rows_beyond_what_memory_keeps_drop_the_oldest_and_say_so(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(datalog, "MAX_WAITING", 3)
+    sink, clock = make(tmp_path, "2025-04-24T12:00:00", signals=["soc"])
+    blocker = tmp_path / "logs"
+    blocker.write_text("a file where the folder should be\n")
+    advance(sink, clock, 300, {1: {"soc": 40.0}, 150: {"soc": 41.0}})
+    wait_for(lambda: sink.status()["rows_dropped"] == 2)
+    assert sink.status()["state"] == "error"
+    assert "3 rows wait for the disk: the oldest is dropped (1 so far)" in caplog.text
+    blocker.unlink()
+    sink.stop()
+    assert (tmp_path / "logs" / "battery-2025-04-24.csv").read_text() == (
+        "time,soc\n2025-04-24T12:03:00+02:00,41.0\n2025-04-24T12:04:00+02:00,41.0\n"
+        "2025-04-24T12:05:00+02:00,41.0\n")
 
 
 def test_a_stalled_disk_does_not_stall_the_engine(tmp_path: Path,
