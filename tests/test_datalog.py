@@ -232,15 +232,18 @@ def test_appends_after_a_restart_and_repairs_a_cut_row(tmp_path: Path) -> None:
         "2025-04-24T12:01:00+02:00,51.0\n")
 
 
-def test_other_columns_go_to_a_second_part_of_the_day(tmp_path: Path) -> None:
+@pytest.mark.parametrize("there", [
+    b"time,voltage\n2025-04-24T11:00:00+02:00,52\n",
+    b"\x89PNG\r\n\x1a\n\xff\xfe",  # not even text: never ours to append to
+])
+def test_other_columns_go_to_a_second_part_of_the_day(tmp_path: Path, there: bytes) -> None:
     logs = tmp_path / "logs"
     logs.mkdir()
-    (logs / "battery-2025-04-24.csv").write_text("time,voltage\n2025-04-24T11:00:00+02:00,52\n")
+    (logs / "battery-2025-04-24.csv").write_bytes(there)
     sink, clock = make(tmp_path, "2025-04-24T12:00:00", signals=["soc"])
     advance(sink, clock, 120, {1: {"soc": 51.0}})
     sink.stop()
-    assert (logs / "battery-2025-04-24.csv").read_text() == (
-        "time,voltage\n2025-04-24T11:00:00+02:00,52\n")
+    assert (logs / "battery-2025-04-24.csv").read_bytes() == there
     assert (logs / "battery-2025-04-24.1.csv").read_text() == (
         "time,soc\n2025-04-24T12:01:00+02:00,51.0\n2025-04-24T12:02:00+02:00,51.0\n")
     assert sink.status()["file"] == str(logs / "battery-2025-04-24.1.csv")
@@ -313,6 +316,22 @@ def test_a_stalled_disk_does_not_stall_the_engine(tmp_path: Path,
     sink.stop()
     assert len(synced) >= 1
     assert (tmp_path / "logs" / "battery-2025-04-24.csv").read_text().count("\n") == 4
+
+
+def test_a_stop_the_disk_holds_up_past_its_timeout_is_an_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    release = threading.Event()
+    monkeypatch.setattr("canbridge_plugins.datalog.os.fsync", lambda fd: release.wait(10))
+    monkeypatch.setattr(datalog, "STOP_TIMEOUT_SECS", 0.2)
+    sink, clock = make(tmp_path, "2025-04-24T12:00:00", signals=["soc"])
+    advance(sink, clock, 60, {1: {"soc": 40.0}})
+    try:
+        sink.stop()
+        assert sink.status()["errors"] == 1
+        assert "the last rows were not written within 0.2 s" in caplog.messages
+    finally:
+        release.set()
 
 
 def test_a_fast_replay_day_of_rows_is_written_whole(tmp_path: Path) -> None:
