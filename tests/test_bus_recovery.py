@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import ClassVar
 
 import can
 import conftest
@@ -193,6 +194,47 @@ def test_sends_failing_because_the_link_is_down_reopen_the_bus_with_backoff(
         "bus inverter: reopened",
         "bus inverter: working again",
     ]
+
+
+def test_after_a_reopen_the_failures_in_a_row_are_counted_afresh(rig: Rig) -> None:
+    inverter, faults = rig.inverter, rig.faults
+    faults.sends_fail.set()
+    for _ in range(buses_module.FAILURES_BEFORE_REOPEN):
+        inverter.send(frame(0x351))
+    faults.sends_fail.clear()
+    wait_until(lambda: inverter.state == "ok")
+    assert inverter.reopens == 1
+    faults.sends_fail.set()
+    for _ in range(buses_module.FAILURES_BEFORE_REOPEN - 1):
+        assert inverter.send(frame(0x351)) is False
+    assert (inverter.state, inverter.reopens) == ("ok", 1)
+
+
+class RecordingBus(VirtualBus):
+    """A virtual bus that keeps what python-can opened it with."""
+
+    opened: ClassVar[list[tuple[RecordingBus, dict[str, object]]]] = []
+
+    def __init__(self, channel: str, **kwargs: object):
+        super().__init__(channel=channel, **kwargs)
+        RecordingBus.opened.append((self, {"channel": channel, **kwargs}))
+
+
+def test_a_bus_is_opened_as_the_pipeline_says_and_shut_down_at_close(
+        channel: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(can.interfaces.BACKENDS, "test-recording",
+                        ("test_bus_recovery", "RecordingBus"))
+    monkeypatch.setattr(can.util, "VALID_INTERFACES",
+                        can.util.VALID_INTERFACES | {"test-recording"})
+    handle = BusHandle("inverter", {"interface": "test-recording", "channel": channel,
+                                    "bitrate": 500000,
+                                    "options": {"receive_own_messages": True}}, Clock())
+    handle.open()
+    bus, kwargs = RecordingBus.opened[-1]
+    assert kwargs == {"channel": channel, "bitrate": 500000, "receive_own_messages": True}
+    assert handle.state == "ok" and not bus._is_shutdown
+    handle.close()
+    assert (handle.state, bus._is_shutdown) == ("closed", True)
 
 
 def caused_by(number: int) -> can.CanOperationError:
