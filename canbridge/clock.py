@@ -46,9 +46,9 @@ class Timer:
 class Clock:
     """Pipeline time in seconds, plus the timer queue the engine drives.
 
-    `virtual=False`: time is `time.monotonic()`. `virtual=True`: time only moves when the
-    engine calls `advance_to` (replay at full speed, and tests). `real_time` is what
-    `real_now()` reads: `time.monotonic` unless a test gives its own.
+    `virtual=False`: time is `real_time()`, `time.monotonic` unless a test gives its own.
+    `virtual=True`: time only moves when the engine calls `advance_to` (replay at full
+    speed, and tests); `real_now()` still reads `real_time()`.
     """
 
     def __init__(self, *, virtual: bool = False, start: float = 0.0,
@@ -60,7 +60,7 @@ class Clock:
         self._order = itertools.count()
 
     def now(self) -> float:
-        return self._now if self.virtual else time.monotonic()
+        return self._now if self.virtual else self._real_time()
 
     def real_now(self) -> float:
         """Real monotonic time in seconds, whatever the pipeline time: what paces work whose
@@ -73,7 +73,7 @@ class Clock:
         A replay clock is already Unix time (capture timestamps); a live one is converted.
         """
         at = self.now() if at is None else at
-        return at if self.virtual else at - time.monotonic() + time.time()
+        return at if self.virtual else at - self._real_time() + time.time()
 
     def every(self, period: float, callback: Callable[[], None],
               first: float | None = None, *, slack: float = 0.0) -> Timer:
