@@ -318,6 +318,22 @@ def test_a_stalled_disk_does_not_stall_the_engine(tmp_path: Path,
     assert (tmp_path / "logs" / "battery-2025-04-24.csv").read_text().count("\n") == 4
 
 
+def test_a_fault_in_the_writer_is_told_and_the_writer_goes_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(*_: object) -> None:
+        raise RuntimeError("a bug in pruning")
+
+    monkeypatch.setattr(datalog._Writer, "_prune", broken)
+    sink, clock = make(tmp_path, "2025-04-24T12:00:00", signals=["soc"], flush_every_secs=60)
+    advance(sink, clock, 60, {1: {"soc": 40.0}})
+    wait_for(lambda: sink.status()["errors"] == 1)
+    assert "writer failed: RuntimeError('a bug in pruning')" in caplog.text
+    sink.stop()
+    assert (tmp_path / "logs" / "battery-2025-04-24.csv").read_text() == (
+        "time,soc\n2025-04-24T12:01:00+02:00,40.0\n")
+
+
 def test_a_stop_the_disk_holds_up_past_its_timeout_is_an_error(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
