@@ -350,8 +350,14 @@ def test_a_stop_the_disk_holds_up_past_its_timeout_is_an_error(
         release.set()
 
 
-def test_a_fast_replay_day_of_rows_is_written_whole(tmp_path: Path) -> None:
-    # Ten-second rows queued in one go, as a full-speed replay of a day does.
+def test_a_fast_replay_day_of_rows_is_written_whole(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ten-second rows queued in one go, as a full-speed replay of a day does; each flush
+    puts what waits on the card in one write (SD-card wear)."""
+    synced: list[int] = []
+    fsync = datalog.os.fsync
+    monkeypatch.setattr("canbridge_plugins.datalog.os.fsync",
+                        lambda fd: (synced.append(fd), fsync(fd)))
     sink, clock = make(tmp_path, "2025-04-24T00:00:00", signals=["soc"], every_secs=10,
                        stale_after_secs=0)
     advance(sink, clock, 86399, {0.5: {"soc": 10.0}})
@@ -359,6 +365,7 @@ def test_a_fast_replay_day_of_rows_is_written_whole(tmp_path: Path) -> None:
     lines = (tmp_path / "logs" / "battery-2025-04-24.csv").read_text().splitlines()
     assert len(lines) == 1 + 8639
     assert lines[-1] == "2025-04-24T23:59:50+02:00,10.0"
+    assert len(synced) == 86399 // 600 + 1  # one per flush_every_secs, and the stop's
 
 
 @pytest.mark.parametrize(("options", "message"), [
