@@ -221,13 +221,17 @@ def test_a_small_pack_has_two_byte_capacities_and_cell_limits_rounded_inward(
 
 
 def test_limits_beyond_the_fields_saturate(rig) -> None:
-    """A bank whose current limits pass 3276.7 A: the 0.1 A fields hold their extreme, never
-    wrapping to a negative limit."""
+    """A bank whose current limits pass 3276.7 A, a temperature below absolute zero: each
+    field holds its extreme, never wrapping (a negative limit) nor failing the answer."""
     sink, pty = rig()
-    fed(sink, {"charge_current_limit": 4000.0, "discharge_current_limit": 4000.0})
+    fed(sink, {"charge_current_limit": 4000.0, "discharge_current_limit": 4000.0,
+               "temperature": -300.0})  # another battery's source, read unchecked
     pty.request(poll(0x92, b"\x02"))
     _, _, ccl, dcl, status = struct.unpack(">HHhhB", frames.decode(pty.read()).info[1:])
     assert (ccl, dcl, status) == (32767, -32767, 0xC0)
+    pty.request(poll(0x42, b"\x02"))
+    analog = frames.decode(pty.read()).info
+    assert analog[35:38] == b"\x01\x00\x00"  # one temperature, held at 0 K
 
 
 def test_a_capacity_beyond_three_bytes_is_held_at_their_maximum(rig) -> None:

@@ -28,7 +28,7 @@ CHARGE_ENABLE, DISCHARGE_ENABLE = 0x80, 0x40
 
 
 def _kelvin(celsius: float) -> int:
-    return round(celsius * 10) + KELVIN_TENTHS
+    return max(0, min(U16_MAX, round(celsius * 10) + KELVIN_TENTHS))
 
 
 def _amps(amps: float) -> int:
