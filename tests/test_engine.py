@@ -15,7 +15,7 @@ from conftest import write_capture
 
 from canbridge import buses
 from canbridge.config import PipelineConfig, load_pipeline
-from canbridge.engine import Engine
+from canbridge.engine import Engine, Forward
 from canbridge.registry import load_registry
 from canbridge.signals import Update
 from canbridge.testing import build, capture, feed
@@ -488,3 +488,10 @@ def test_a_full_speed_replay_records_every_frame_however_fast_it_went(
         b"".join(chunk for _, chunk in chunks).decode())))
     assert [(m.timestamp, m.arbitration_id, bytes(m.data)) for m in recorded] == [
         (pytest.approx(ts), frame_id, data) for ts, frame_id, data in frames]
+
+
+def test_a_forward_passes_a_seconds_worth_at_once_then_as_its_rate_refills() -> None:
+    forward = Forward(frozenset({(0x305, False)}), None, max_per_sec=2.0)
+    allowed = [forward.allow(now) for now in (0.0, 0.0, 0.0, 0.5, 0.5, 10.0, 10.0, 10.0)]
+    assert allowed == [True, True, False, True, False, True, True, False]
+    assert forward.dropped == 3
