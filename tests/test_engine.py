@@ -374,18 +374,19 @@ def test_post_runs_a_function_on_the_engine_thread(tmp_path: Path, channel: str)
     path = tmp_path / "p.toml"
     path.write_text(f'[buses.b]\ninterface = "virtual"\nchannel = "{channel}"\n'
                     f'[status]\nfile = "{tmp_path / "s.json"}"\n')
-    engine = Engine(load_pipeline(path, load_registry()), duration=5.0)
+    engine = Engine(load_pipeline(path, load_registry()), duration=600.0)
     ran: list[str] = []
 
     def from_outside() -> None:
         engine.post(lambda: ran.append(threading.current_thread().name))
         engine.post(engine.request_stop)
 
-    runner = threading.Thread(target=engine.run, name="engine")
+    runner = threading.Thread(target=engine.run, name="engine", daemon=True)
     runner.start()
     threading.Thread(target=from_outside).start()
     runner.join(10)
     assert ran == ["engine"]
+    assert not runner.is_alive()  # ended by the posted request_stop, not by its duration
 
 
 def test_components_with_the_same_inputs_share_one_view_the_core_keeps(tmp_path: Path) -> None:
