@@ -389,6 +389,36 @@ def test_post_runs_a_function_on_the_engine_thread(tmp_path: Path, channel: str)
     assert not runner.is_alive()  # ended by the posted request_stop, not by its duration
 
 
+def test_a_live_frame_carries_pipeline_time_whatever_its_driver_stamped(
+        tmp_path: Path, channel: str) -> None:
+    """Freshness (and with it the inverter's safe state) is judged on the pipeline clock: a
+    live frame is stamped with it on arrival, not left with the driver's time."""
+    engine = Engine(load(tmp_path, f'[buses.battery]\ninterface = "virtual"\n'
+                                   f'channel = "{channel}"\n' + FRAMES
+                                   + '[sinks.seen]\ntype = "test-collect"\n'
+                                   'inputs = ["frames"]\n'), duration=600.0)
+    runner = threading.Thread(target=engine.run, name="engine", daemon=True)
+    runner.start()
+    peer = can.Bus(interface="virtual", channel=channel)
+    try:
+        deadline = time.monotonic() + 5
+        while "seen" not in engine.components or not hasattr(engine.components["seen"],
+                                                                 "received"):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        before = time.monotonic()
+        peer.send(can.Message(arbitration_id=0x351, data=[7], timestamp=12345.0))
+        received = engine.components["seen"].received
+        while not received:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert before <= received[0].timestamp <= time.monotonic()
+    finally:
+        peer.shutdown()
+        engine.request_stop()
+        runner.join(5)
+
+
 def test_components_with_the_same_inputs_share_one_view_the_core_keeps(tmp_path: Path) -> None:
     capture = write_capture(tmp_path / "frames.log",
                             ((T0 + s, 0x351 + s % 3, bytes([s])) for s in range(30)))
