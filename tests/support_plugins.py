@@ -42,7 +42,8 @@ class Ticker(Source):
 
     type_name = "test-ticker"
     summary = "test: periodic updates"
-    options = (Option("period", Number(min=0.001), 1.0, "seconds between ticks"),)
+    options = (Option("period", Number(min=0.001), 1.0, "seconds between ticks"),
+               Option("fail_every", Integer(min=0), 0, "every n-th tick raises (0: none)"))
 
     def start(self) -> None:
         self.ticks = 0
@@ -50,6 +51,9 @@ class Ticker(Source):
 
     def tick(self) -> None:
         self.ticks += 1
+        every = self.config["fail_every"]
+        if every and self.ticks % every == 0:
+            raise RuntimeError(f"tick {self.ticks} is cursed")
         self.emit(Update(self.clock.now(), {"tick": self.ticks}))
 
     def status(self) -> dict[str, Any]:

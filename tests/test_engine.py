@@ -222,6 +222,18 @@ inputs = ["frames"]
                                                        "cursed"}
 
 
+def test_a_timer_that_raises_is_counted_against_its_component(tmp_path: Path) -> None:
+    capture = write_capture(tmp_path / "c.log", [(T0, 0x10, b"\x01"), (T0 + 10, 0x10, b"\x01")])
+    engine = run(tmp_path, replay(capture) + FRAMES + TICKS + """fail_every = 3
+[sinks.out]
+type = "test-collect"
+inputs = ["tick"]
+""")
+    assert [u.values["tick"] for u in engine.components["out"].received] == [1, 2, 4, 5, 7, 8, 10]
+    assert (engine.components["tick"].errors, engine.errors) == (3, 3)
+    assert engine.health()["tick"]["last_error"] == "a timer: RuntimeError: tick 9 is cursed"
+
+
 def test_dry_run_transmits_nothing(tmp_path: Path, channel: str) -> None:
     capture = write_capture(tmp_path / "c.log", [(T0 + i, 0x20, b"\x01") for i in range(3)])
     listener = can.Bus(interface="virtual", channel=channel)
