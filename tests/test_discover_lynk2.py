@@ -246,6 +246,29 @@ def test_unknown_ids_are_counted_and_ignored() -> None:
         2, 0, ["0x204", "0x305"])
 
 
+GOOD_351 = "2F02040B040BB001"
+
+
+@pytest.mark.parametrize(("message", "reason"), [
+    (frame(0x351, GOOD_351, is_remote_frame=True), "frame 0x351 skipped: a remote frame"),
+    (frame(0x351, GOOD_351, is_fd=True), "frame 0x351 skipped: a CAN FD frame"),
+    (can.Message(timestamp=T0, arbitration_id=0x351, data=bytes.fromhex(GOOD_351)[:7], dlc=8,
+                 is_extended_id=False, check=False),
+     "frame 0x351 skipped: 7 data bytes (DLC 8), expected 8"),
+    (frame(0x351, GOOD_351, is_extended_id=True),
+     "frame 0x351 skipped: a 29-bit ID (the DBC has it as 11-bit)"),
+    (frame(0x351, GOOD_351, is_error_frame=True), "error frame skipped: an error frame"),
+])
+def test_each_kind_of_malformed_frame_is_skipped_with_its_reason(
+        message: can.Message, reason: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="canbridge")
+    source, out = make_source()
+    source.on_frame(message)
+    source.on_frame(frame(0x351, GOOD_351))  # the same ID, well formed, still counts
+    assert caplog.messages == [f"under_test: {reason}"]
+    assert (source.status()["frames_malformed"], len(out)) == (1, 1)
+
+
 def test_bad_frames_are_logged_once_per_id_per_minute(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="canbridge")
     clock = Clock(virtual=True, start=T0)
