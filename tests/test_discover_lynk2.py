@@ -244,6 +244,10 @@ def test_unknown_ids_are_counted_and_ignored() -> None:
     status = source.status()
     assert (status["frames_unknown"], status["frames_malformed"], status["unknown_ids"]) == (
         2, 0, ["0x204", "0x305"])
+    for frame_id in range(0x600, 0x614):  # a busy bus: the list stops at 16 IDs
+        source.on_frame(frame(frame_id, "00"))
+    status = source.status()
+    assert (status["frames_unknown"], len(status["unknown_ids"])) == (22, 16)
 
 
 GOOD_351 = "2F02040B040BB001"
