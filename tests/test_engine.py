@@ -14,6 +14,7 @@ import support_plugins
 from conftest import write_capture
 
 from canbridge import buses
+from canbridge import engine as engine_module
 from canbridge.config import PipelineConfig, load_pipeline
 from canbridge.engine import Engine, Forward
 from canbridge.registry import load_registry
@@ -531,6 +532,26 @@ def test_a_full_speed_replay_records_every_frame_however_fast_it_went(
         b"".join(chunk for _, chunk in chunks).decode())))
     assert [(m.timestamp, m.arbitration_id, bytes(m.data)) for m in recorded] == [
         (pytest.approx(ts), frame_id, data) for ts, frame_id, data in frames]
+
+
+def test_a_frame_finding_the_queue_full_is_dropped_counted_and_told_once(
+        tmp_path: Path, channel: str, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(engine_module, "QUEUE_LIMIT", 3)
+    engine = Engine(load(tmp_path, f'[buses.battery]\ninterface = "virtual"\n'
+                                   f'channel = "{channel}"\n' + FRAMES
+                                   + '[sinks.seen]\ntype = "test-collect"\n'
+                                   'inputs = ["frames"]\n'))
+    engine._build()  # the buses and components, none of them opened or started
+    bus = engine.buses["battery"]
+    for i in range(5):
+        engine._deliver(bus, can.Message(arbitration_id=0x351, data=[i]))
+    assert (engine._queue.qsize(), engine.frames_dropped) == (3, 2)
+    kept = [engine._queue.get_nowait()[1].data[0] for _ in range(3)]
+    assert kept == [0, 1, 2]  # what waits is older and in order: the newest go
+    assert [r.getMessage() for r in caplog.records if "engine behind" in r.getMessage()] == [
+        "engine behind (3 frames waiting, a flood on bus battery?): dropping new frames; "
+        "1 dropped so far"]
 
 
 def test_a_forward_passes_a_seconds_worth_at_once_then_as_its_rate_refills() -> None:
