@@ -82,6 +82,24 @@ def wait_for_state(sub: Subscriber, clock: Clock, after: int, timeout: float = 5
                 raise
 
 
+def test_the_same_identity_again_announces_nothing_again(broker, make_sink):
+    """The LYNK II sends its identity every 10 s: only a change sends every config again."""
+    clock = Clock(virtual=True, start=1000.0)
+    with Subscriber(broker) as sub:
+        sink = make_sink(broker, clock)
+        feed(sink, Update(1000.0, {**MEASURED, **IDENTITY}))
+        sub.wait(VOLTAGE_CONFIG, lambda m: "manufacturer" in m.json()["device"])
+        mark = sub.mark()
+        feed(sink, Update(1010.0, IDENTITY))
+        feed(sink, Update(1010.5, {"alarm_low_voltage": False}))  # a signal not seen yet
+        sub.wait("homeassistant/binary_sensor/battery/alarm_low_voltage/config", after=mark)
+        assert VOLTAGE_CONFIG not in [m.topic for m in sub.messages[mark:]]
+        mark = sub.mark()
+        feed(sink, Update(1020.0, {**IDENTITY, "model": "Discover AES 48-48-5120"}))
+        assert sub.wait(VOLTAGE_CONFIG, after=mark).json()["device"]["model"] == (
+            "Discover AES 48-48-5120")
+
+
 def test_discovery_state_availability_and_clean_stop(broker, make_sink):
     clock = Clock(virtual=True, start=1000.0)
     with Subscriber(broker) as sub:
