@@ -100,6 +100,16 @@ def test_the_same_identity_again_announces_nothing_again(broker, make_sink):
             "Discover AES 48-48-5120")
 
 
+def test_without_discovery_only_the_state_goes_out(broker, make_sink):
+    clock = Clock(virtual=True, start=1000.0)
+    with Subscriber(broker) as sub:
+        sink = make_sink(broker, clock, discovery=False)
+        feed(sink, Update(1000.0, {**MEASURED, **IDENTITY}))
+        tick(clock)
+        assert sub.wait(STATE).json()["soc"] == 72
+        assert [m.topic for m in sub.messages if m.topic.startswith("homeassistant/")] == []
+
+
 def test_discovery_state_availability_and_clean_stop(broker, make_sink):
     clock = Clock(virtual=True, start=1000.0)
     with Subscriber(broker) as sub:
