@@ -11,7 +11,7 @@ from pathlib import Path
 import can
 import pytest
 import support_plugins
-from conftest import write_capture
+from conftest import wait_until, write_capture
 
 from canbridge import buses
 from canbridge import engine as engine_module
@@ -402,29 +402,26 @@ def test_post_runs_a_function_on_the_engine_thread(tmp_path: Path, channel: str)
     assert not runner.is_alive()  # ended by the posted request_stop, not by its duration
 
 
+def frames_seen_live(channel: str) -> str:
+    """A live virtual battery bus, its frames as updates, and a sink `seen` keeping them."""
+    return (f'[buses.battery]\ninterface = "virtual"\nchannel = "{channel}"\n' + FRAMES
+            + '[sinks.seen]\ntype = "test-collect"\ninputs = ["frames"]\n')
+
+
 def test_a_live_frame_carries_pipeline_time_whatever_its_driver_stamped(
         tmp_path: Path, channel: str) -> None:
     """Freshness (and with it the inverter's safe state) is judged on the pipeline clock: a
     live frame is stamped with it on arrival, not left with the driver's time."""
-    engine = Engine(load(tmp_path, f'[buses.battery]\ninterface = "virtual"\n'
-                                   f'channel = "{channel}"\n' + FRAMES
-                                   + '[sinks.seen]\ntype = "test-collect"\n'
-                                   'inputs = ["frames"]\n'), duration=600.0)
+    engine = Engine(load(tmp_path, frames_seen_live(channel)), duration=600.0)
     runner = threading.Thread(target=engine.run, name="engine", daemon=True)
     runner.start()
     peer = can.Bus(interface="virtual", channel=channel)
     try:
-        deadline = time.monotonic() + 5
-        while "seen" not in engine.components or not hasattr(engine.components["seen"],
-                                                                 "received"):
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_until(lambda: hasattr(engine.components.get("seen"), "received"))  # started
         before = time.monotonic()
         peer.send(can.Message(arbitration_id=0x351, data=[7], timestamp=12345.0))
         received = engine.components["seen"].received
-        while not received:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_until(lambda: bool(received))
         assert before <= received[0].timestamp <= time.monotonic()
     finally:
         peer.shutdown()
@@ -538,10 +535,7 @@ def test_a_frame_finding_the_queue_full_is_dropped_counted_and_told_once(
         tmp_path: Path, channel: str, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(engine_module, "QUEUE_LIMIT", 3)
-    engine = Engine(load(tmp_path, f'[buses.battery]\ninterface = "virtual"\n'
-                                   f'channel = "{channel}"\n' + FRAMES
-                                   + '[sinks.seen]\ntype = "test-collect"\n'
-                                   'inputs = ["frames"]\n'))
+    engine = Engine(load(tmp_path, frames_seen_live(channel)))
     engine._build()  # the buses and components, none of them opened or started
     bus = engine.buses["battery"]
     for i in range(5):
