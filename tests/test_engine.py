@@ -15,6 +15,7 @@ from conftest import wait_until, write_capture
 
 from canbridge import buses
 from canbridge import engine as engine_module
+from canbridge.clock import Clock
 from canbridge.config import PipelineConfig, load_pipeline
 from canbridge.engine import Engine, Forward
 from canbridge.registry import load_registry
@@ -546,6 +547,29 @@ def test_a_frame_finding_the_queue_full_is_dropped_counted_and_told_once(
     assert [r.getMessage() for r in caplog.records if "engine behind" in r.getMessage()] == [
         "engine behind (3 frames waiting, a flood on bus battery?): dropping new frames; "
         "1 dropped so far"]
+
+
+def test_a_flood_waiting_live_lets_the_timers_run_between_its_batches(
+        tmp_path: Path, channel: str) -> None:
+    """600 frames wait at once; each costs 10 ms of (injected) time. The 1 s timers may not
+    wait for the queue to empty: they run after each BATCH (the 256th item is the call that
+    queued the flood), so the inverter's bursts keep their cadence through a flood. (Live, a
+    period that fell due twice in one wait fires once.)"""
+    engine = Engine(load(tmp_path, frames_seen_live(channel) + TICKS
+                         + '[sinks.ticks]\ntype = "test-collect"\ninputs = ["tick"]\n'))
+    engine.clock = Clock(real_time=lambda: 100.0 + engine.frames * 0.01)
+
+    def flood() -> None:
+        for i in range(600):
+            engine._deliver(engine.buses["battery"], can.Message(arbitration_id=0x351,
+                                                                 data=[i % 256]))
+        engine.post(engine.request_stop)
+
+    engine.post(flood)
+    assert engine.run() == 0
+    assert engine.frames == 600
+    assert [u.timestamp for u in engine.components["ticks"].received] == pytest.approx(
+        [102.55, 105.11, 106.0])
 
 
 def test_a_forward_passes_a_seconds_worth_at_once_then_as_its_rate_refills() -> None:
