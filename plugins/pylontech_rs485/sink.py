@@ -23,6 +23,7 @@ import serial
 from canbridge import (
     REQUIRED,
     Choice,
+    Clock,
     Context,
     Integer,
     Number,
@@ -31,6 +32,7 @@ from canbridge import (
     Timer,
     Update,
 )
+from canbridge.component import RateLimitedLog
 from canbridge.safety import (
     INVERTER_OPTIONS,
     READS,
@@ -107,7 +109,8 @@ class PylontechRs485Sink(InverterSink):
         self._timer: Timer | None = None
         self._tokens = float(self.config["max_answers_per_sec"])
         self._tokens_at = time.monotonic()
-        self._told: dict[str, float] = {}
+        # The port thread's own: real time, whatever clock the pipeline runs on.
+        self._port_log = RateLimitedLog(self.log, Clock())
 
     # -- engine thread ------------------------------------------------------------------
 
@@ -194,7 +197,8 @@ class PylontechRs485Sink(InverterSink):
         except Exception as exc:  # any fault: this thread must go on answering
             self.errors += 1
             self.last_error = f"answering {raw[:13]!r}: {exc!r}"
-            self._tell("fault", logging.ERROR, "could not answer %r: %r", raw[:13], exc)
+            self._port_log.error("fault", "%s: could not answer %r: %r", self.name, raw[:13],
+                                 exc)
             return None
 
     def answer(self, raw: bytes) -> bytes | None:
@@ -210,8 +214,8 @@ class PylontechRs485Sink(InverterSink):
         self.requests += 1
         if not self._allowed():
             self.ignored += 1
-            self._tell("storm", logging.WARNING, "more than %g requests a second: ignoring "
-                       "the rest", self.config["max_answers_per_sec"])
+            self._port_log.warning("storm", "%s: more than %g requests a second: ignoring "
+                                   "the rest", self.name, self.config["max_answers_per_sec"])
             return None
         built = self._info(request.cid2)
         if built is None:
@@ -236,8 +240,8 @@ class PylontechRs485Sink(InverterSink):
         }
         builder = builders.get(cid2)
         if builder is None:
-            self._tell(f"cid2 {cid2}", logging.INFO, "command 0x%02X is not one a Pylontech "
-                       "battery answers here: CID2 invalid", cid2)
+            self._port_log.log(logging.INFO, ("cid2", cid2), "%s: command 0x%02X is not one "
+                               "a Pylontech battery answers here: CID2 invalid", self.name, cid2)
             return frames.RTN_CID2, b""
         decision = self.decision
         return None if decision is None else (frames.RTN_NORMAL, builder(decision))
@@ -255,15 +259,8 @@ class PylontechRs485Sink(InverterSink):
 
     def _malformed(self, why: str, claimed: int | None) -> None:
         self.malformed += 1
-        self._tell("malformed", logging.WARNING, "ignored a malformed frame%s: %s",
-                   "" if claimed is None else f" for address {claimed}", why)
-
-    def _tell(self, key: str, level: int, message: str, *args: Any) -> None:
-        """Once a minute per kind of event (on the port thread: real time)."""
-        now = time.monotonic()
-        if now - self._told.get(key, -60.0) >= 60.0:
-            self._told[key] = now
-            self.log.log(level, f"{self.name}: {message}", *args)
+        self._port_log.warning("malformed", "%s: ignored a malformed frame%s: %s", self.name,
+                               "" if claimed is None else f" for address {claimed}", why)
 
     # -- health -------------------------------------------------------------------------
 
