@@ -20,6 +20,7 @@ from canbridge.cli import main
 from canbridge.status import (
     default_status_path,
     format_report,
+    health_problems,
     status_command,
     write_status,
 )
@@ -151,6 +152,14 @@ def test_report_of_a_minimal_document() -> None:
         "canbridge ?: pipeline ? (?), pid ?, running, ? clock\n\n")
 
 
+def test_report_details_show_numbers_short_and_lists_as_compact_json() -> None:
+    doc = {"state": "running", "components": {"cells": {
+        "state": "ok", "soc": 97.254321, "cell_volts": [3.3, 3.305], "limits": {"charge": 0.0}}}}
+    assert format_report(doc, 0.0).splitlines()[-1] == (
+        'cells      ?     ok     -   -    -       -     soc=97.2543 cell_volts=[3.3,3.305] '
+        'limits={"charge":0.0}')
+
+
 @pytest.mark.parametrize(("seconds", "text"), [
     (0.04, "0.0s"), (9.96, "10.0s"), (10.0, "10s"), (59.9, "59s"), (60, "1m00s"),
     (3599, "59m59s"), (3600, "1h00m"), (86399, "23h59m"), (90000, "1d01h"), (-3, "0.0s")])
@@ -199,6 +208,26 @@ def test_a_file_not_rewritten_in_time_means_stuck_or_down(
     assert run_status("--file", str(tmp_path / "s.json"))[0] == 0
 
 
+def test_stale_means_older_than_three_periods_and_never_under_ten_seconds() -> None:
+    now = 1_745_500_000.0
+    for every, limit in ((2.0, 10.0), (5.0, 15.0)):
+        doc = sample(now, written_at=now - limit, every_secs=every)
+        assert health_problems(doc, now, "s.json") == []
+        doc["written_at"] -= 0.01
+        assert health_problems(doc, now, "s.json") == [
+            f"status file s.json was last written {limit:.0f}s ago (every {every:g} s "
+            f"expected): canbridge (pid {os.getpid()}) is stuck or down"]
+
+
+def test_a_document_without_its_written_time_is_not_healthy(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    doc = sample(time.time())
+    del doc["written_at"]
+    write_status(tmp_path / "s.json", doc)
+    assert run_status("--file", str(tmp_path / "s.json"))[0] == 1
+    assert capsys.readouterr().err == f"status file {tmp_path / 's.json'} has no written_at time\n"
+
+
 def test_a_process_that_died_without_a_word(tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     dead = subprocess.Popen(["true"])
@@ -240,6 +269,7 @@ def test_json_prints_the_document_and_keeps_problems_on_stderr(
     code, out = run_status("--file", str(tmp_path / "s.json"), "--json")
     assert code == 1
     assert json.loads(out) == doc
+    assert out.endswith("}\n")
     assert capsys.readouterr().err == "component balancing is error\n"
 
 
