@@ -119,6 +119,10 @@ def test_write_status_raises_and_leaves_nothing_when_it_cannot_write(tmp_path: P
     (tmp_path / "blocker").write_text("")
     with pytest.raises(OSError):
         write_status(tmp_path / "blocker" / "status.json", {})
+    (tmp_path / "taken" / "by-a-folder").mkdir(parents=True)  # the rename itself fails
+    with pytest.raises(OSError):
+        write_status(tmp_path / "taken", {})
+    assert sorted(os.listdir(tmp_path)) == ["blocker", "status.json", "taken"]
 
 
 # -- the report ---------------------------------------------------------------------------
@@ -162,7 +166,8 @@ def test_report_details_show_numbers_short_and_lists_as_compact_json() -> None:
 
 @pytest.mark.parametrize(("seconds", "text"), [
     (0.04, "0.0s"), (9.96, "10.0s"), (10.0, "10s"), (59.9, "59s"), (60, "1m00s"),
-    (3599, "59m59s"), (3600, "1h00m"), (86399, "23h59m"), (90000, "1d01h"), (-3, "0.0s")])
+    (3599, "59m59s"), (3600, "1h00m"), (86399, "23h59m"), (86400, "1d00h"), (90000, "1d01h"),
+    (-3, "0.0s")])
 def test_ages(seconds: float, text: str) -> None:
     assert status._age(seconds) == text
 
@@ -182,6 +187,14 @@ def test_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert (code, out) == (1, "")
     assert capsys.readouterr().err == (
         f"no status file at {tmp_path / 'nope.json'}: is canbridge running?\n")
+
+
+def test_a_status_file_that_cannot_be_read(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "s.json").mkdir()
+    assert run_status("--file", str(tmp_path / "s.json")) == (1, "")
+    assert capsys.readouterr().err == (
+        f"cannot read status file {tmp_path / 's.json'}: Is a directory\n")
 
 
 def test_garbage_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -217,6 +230,11 @@ def test_stale_means_older_than_three_periods_and_never_under_ten_seconds() -> N
         assert health_problems(doc, now, "s.json") == [
             f"status file s.json was last written {limit:.0f}s ago (every {every:g} s "
             f"expected): canbridge (pid {os.getpid()}) is stuck or down"]
+    doc = sample(now, written_at=now - 30.0)
+    del doc["every_secs"]  # a document from before the field: the option's default, 10 s
+    assert health_problems(doc, now, "s.json") == []
+    doc["written_at"] -= 0.01
+    assert len(health_problems(doc, now, "s.json")) == 1
 
 
 def test_a_document_without_its_written_time_is_not_healthy(
