@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from broker import Mosquitto, Received, Subscriber, mosquitto_fixture
 from canbridge_plugins.mqtt import MqttSink
+from canbridge_plugins.mqtt import link as link_module
 from conftest import wait_until
 
 import canbridge
@@ -486,3 +487,37 @@ def test_a_secret_file_that_blocks_never_holds_up_the_engine_thread(broker, tmp_
     sink.stop()
     assert time.monotonic() - stopped < 2.0
     os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # lets the MQTT thread's read end
+
+
+def unstarted_link(qos: int = 1) -> link_module.Link:
+    return link_module.Link(link_module.Settings("127.0.0.1", 1, "test", qos, "bat/status"),
+                            logging.getLogger("test"))
+
+
+def test_alarm_changes_wait_apart_up_to_max_kept_and_a_sent_batch_makes_room(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A state with an alarm change is never replaced by the next state, up to MAX_KEPT
+    waiting (a broker away for long must not grow memory); past that they coalesce."""
+    monkeypatch.setattr(link_module, "MAX_KEPT", 3)
+    link = unstarted_link()
+    for n in range(5):
+        link.publish("bat/state", f"alarm {n}", keep=True)
+    link.publish("bat/state", "periodic")
+    assert [m.payload for m in link._take()] == ["alarm 0", "alarm 1", "alarm 2", "periodic"]
+    assert link.dropped == 2
+    for n in range(2):
+        link.publish("bat/state", f"alarm {n}", keep=True)
+    assert [m.payload for m in link._take()] == ["alarm 0", "alarm 1"]
+
+
+@pytest.mark.parametrize(("qos", "dropped"), [(0, 1), (1, 0)])
+def test_a_publish_the_lost_connection_refuses_is_kept_only_with_qos(qos: int,
+                                                                     dropped: int) -> None:
+    """paho keeps a QoS 1 message for the reconnection; a QoS 0 one is lost, counted and not
+    an error (the connection's loss was told already). A real, never connected, client."""
+    from canbridge_plugins.mqtt.pahoclient import CallbackAPIVersion, Client
+
+    link = unstarted_link(qos)
+    link._send(Client(CallbackAPIVersion.VERSION2, client_id="test"),
+               link_module.Message("bat/state", "{}", False))
+    assert (link.dropped, link.errors) == (dropped, 0)
