@@ -521,3 +521,17 @@ def test_a_publish_the_lost_connection_refuses_is_kept_only_with_qos(qos: int,
     link._send(Client(CallbackAPIVersion.VERSION2, client_id="test"),
                link_module.Message("bat/state", "{}", False))
     assert (link.dropped, link.errors) == (dropped, 0)
+
+
+def test_published_counts_what_the_broker_acknowledged(broker: Mosquitto) -> None:
+    link = link_module.Link(link_module.Settings("127.0.0.1", broker.port, "counted", 1,
+                                                 "bat/status"), logging.getLogger("test"))
+    with Subscriber(broker) as sub:
+        link.start()
+        for n in range(3):
+            link.publish(f"bat/{n}", str(n), keep=True)
+        wait_until(lambda: {"bat/0", "bat/1", "bat/2"} <= {m.topic for m in sub.messages})
+        link.close()
+        sub.wait("bat/status", lambda m: m.payload == b"offline")
+    assert link.status() == {"state": "disconnected", "published": 5, "dropped": 0,
+                             "errors": 0, "last_error": None}  # online, 3, offline
