@@ -6,8 +6,11 @@ import tomllib
 from pathlib import Path
 
 import pytest
+import support_plugins
 
 from canbridge.cli import main
+from canbridge.config import ConfigError, load_pipeline
+from canbridge.registry import load_registry
 
 pytestmark = pytest.mark.usefixtures("with_test_plugins")
 
@@ -90,6 +93,14 @@ def test_a_good_pipeline_validates(tmp_path: Path, capsys: pytest.CaptureFixture
      'P:1: buses.battery.path: a "replay" bus needs the capture file to play'),
     (('interface = "virtual"\nchannel = "cfg-battery"', 'interface = "replay"\npath = "no.log"'),
      "P:3: buses.battery.path: no such capture file: {tmp}/no.log"),
+    (("[buses.battery]", "forwards = 5\n\n[buses.battery]"),
+     "P:1: forwards: must be a table of named tables, like [forwards.NAME]"),
+    (("[buses.battery]", "[forwards]\nkeepalive = 5\n\n[buses.battery]"),
+     "P:2: forwards.keepalive: must be a table, like [forwards.keepalive]"),
+    (("[buses.battery]", "status = 5\n\n[buses.battery]"),
+     "P:1: status: must be a table, like [status]"),
+    (("[buses.battery]", "[status]\nevery_secs = 0\n\n[buses.battery]"),
+     "P:2: status.every_secs: 0 is out of range (>= 0.1, <= 3600)"),
 ])
 def test_each_problem_is_one_line_with_file_line_and_key(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], change: tuple[str, str],
@@ -175,6 +186,19 @@ def test_config_prints_every_default(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert effective["log"]["level"] == "info"
 
 
+def test_config_prints_the_forwards_with_their_defaults(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, err, out = validate(tmp_path, GOOD, capsys, command="config")
+    assert "forwards" not in tomllib.loads(out)
+    text = GOOD + ('\n[forwards.keepalive]\nfrom_bus = "inverter"\nto_bus = "battery"\n'
+                   'ids = [0x305]\n')
+    code, err, out = validate(tmp_path, text, capsys, command="config")
+    assert code == 0, err
+    assert tomllib.loads(out)["forwards"] == {"keepalive": {
+        "from_bus": "inverter", "to_bus": "battery", "ids": [0x305], "extended_ids": [],
+        "max_per_sec": 20.0}}
+
+
 def test_config_shows_replay_options_only_on_a_replay_bus(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     capture = tmp_path / "c.log"
@@ -230,13 +254,13 @@ def test_a_forward_may_not_transmit_an_id_another_node_owns(
 def test_forwards_keep_the_id_width_apart(tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
     text = GOOD + ('\n[forwards.keepalive]\nfrom_bus = "inverter"\nto_bus = "battery"\n'
-                   'ids = [0x305, 0x1ABCDEF0]\n\n[forwards.empty]\nfrom_bus = "inverter"\n'
+                   'ids = [0x7FF, 0x800, 0x1ABCDEF0]\n\n[forwards.empty]\nfrom_bus = "inverter"\n'
                    'to_bus = "battery"\n')
     code, err, _ = validate(tmp_path, text, capsys)
     assert code == 2
     assert err == [
-        "P:25: forwards.keepalive.ids: 0x1ABCDEF0 is not an 11-bit ID (<= 0x7FF): list 29-bit "
-        "IDs in extended_ids",
+        "P:25: forwards.keepalive.ids: 0x800, 0x1ABCDEF0 is not an 11-bit ID (<= 0x7FF): list "
+        "29-bit IDs in extended_ids",
         "P:27: forwards.empty.ids: give the IDs to copy in ids (11-bit) or extended_ids "
         "(29-bit)",
         "P: 2 problems found",
@@ -455,6 +479,46 @@ def test_unknown_signal_names_in_sinks_are_warnings(tmp_path: Path, sink: str, w
     assert err == [f"P:{where}.signals: warning: \"volatge\" is "
                    'not a signal of the vocabulary (did you mean "voltage"?): nothing will '
                    "show under it unless a plugin of yours emits it"]
+
+
+def test_a_bus_only_a_forward_uses_is_used(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    text = (LYNK_PIPELINE + '\n[buses.spare]\ninterface = "virtual"\nchannel = "w-spare"\n'
+            '\n[forwards.keepalive]\nfrom_bus = "inverter"\nto_bus = "spare"\nids = [0x305]\n')
+    assert validate(tmp_path, text, capsys)[:2] == (0, [])
+
+
+def test_replay_buses_all_play_at_full_speed_or_none_does(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    capture = tmp_path / "c.log"
+    capture.write_text("(1.0) can0 351#00\n")
+    text = (GOOD.replace('interface = "virtual"\nchannel = "cfg-battery"',
+                         f'interface = "replay"\npath = "{capture}"\nspeed = "max"')
+            .replace('interface = "virtual"\nchannel = "cfg-inverter"',
+                     f'interface = "replay"\npath = "{capture}"'))
+    code, err, _ = validate(tmp_path, text, capsys)
+    assert (code, err) == (2, [
+        'P:6: buses.inverter.speed: replay bus "battery" plays at speed "max" on the capture\'s '
+        'clock, so every replay bus must use speed "max"', "P: 1 problem found"])
+
+
+def test_a_pipeline_of_buses_alone_is_a_warning(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    code, err, _ = validate(tmp_path, GOOD.split("[sources.frames]")[0], capsys)
+    assert (code, err) == (0, [
+        "P: sources: warning: the pipeline has no components: add at least one source and sink",
+        "P:1: buses.battery: warning: no component or forward uses this bus",
+        "P:5: buses.inverter: warning: no component or forward uses this bus"])
+
+
+def test_a_config_error_says_every_problem(tmp_path: Path) -> None:
+    path = tmp_path / "pipeline.toml"
+    path.write_text(GOOD.replace('bus = "battery"', 'bus = "nowhere"'))
+    with pytest.raises(ConfigError) as caught:
+        load_pipeline(path, load_registry((support_plugins,)))
+    assert str(caught.value) == (
+        f"{path}:1: buses.battery: warning: no component or forward uses this bus\n"
+        f'{path}:11: sources.frames.bus: no bus named "nowhere" (declare [buses.nowhere])')
 
 
 def test_a_bus_nobody_uses_is_a_warning(tmp_path: Path,
