@@ -543,9 +543,12 @@ def _check_bus_use(specs: list[ComponentSpec], buses: Mapping[str, Any],
                         "it the inverter's bus")
     owners: dict[tuple[str, str], str] = {}
     for name, values in buses.items():
-        if values.get("interface") == REPLAY or values.get("channel") is None:
+        if values.get("interface") == REPLAY:
             continue
-        key = (str(values.get("interface")), str(values["channel"]))
+        # Without a channel python-can opens the interface's default one, the same for both.
+        channel = values.get("channel")
+        key = (str(values.get("interface")),
+               "(its default channel)" if channel is None else str(channel))
         if key in owners:
             out.add(["buses", name, "channel"],
                     f"bus \"{owners[key]}\" is {key[0]} {key[1]} already: two tables for one "

@@ -9,7 +9,7 @@ import pytest
 import support_plugins
 
 from canbridge.cli import main
-from canbridge.config import ConfigError, load_pipeline
+from canbridge.config import ConfigError, load_pipeline, topological_order
 from canbridge.registry import load_registry
 
 pytestmark = pytest.mark.usefixtures("with_test_plugins")
@@ -323,6 +323,19 @@ def test_current_shares_over_one_for_one_battery_are_a_warning(
     assert err == ["P:32: sinks.b.current_share: warning: the inverters fed by 'frames' take "
                    "1.2 of its current limits together (a 0.7, b 0.5): more than the battery "
                    "allows"]
+    # Shares that add up to the whole battery are fine; an input naming nothing (its own
+    # error) and a cycle neither hang nor crash the check.
+    code, err, _ = validate(tmp_path, GOOD + sinks.replace("0.7", "0.5"), capsys)
+    assert (code, err) == (0, [])
+    tangled = (GOOD.replace('inputs = ["frames"]', 'inputs = ["frames", "ghost", "loop"]')
+               + '\n[transforms.loop]\ntype = "test-tag"\ninputs = ["tag"]\n' + sinks)
+    code, err, _ = validate(tmp_path, tangled, capsys)
+    assert (code, err) == (2, [
+        'P:15: transforms.tag.inputs: names nothing: no source or transform called "ghost"',
+        "P:24: transforms.loop.inputs: cycle: tag -> loop -> tag",
+        "P:36: sinks.b.current_share: warning: the inverters fed by 'frames' take 1.2 of its "
+        "current limits together (a 0.7, b 0.5): more than the battery allows",
+        "P: 2 problems found"])
 
 
 PYLONTECH = '[sinks.out]\ntype = "pylontech"\ninputs = ["tag"]\nbus = "inverter"\n'
@@ -449,6 +462,16 @@ def test_wiring_mistakes_are_caught(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert expected in err
 
 
+def test_two_buses_without_a_channel_share_the_interfaces_default_one(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = LYNK_PIPELINE.replace('channel = "w-battery"\n', "")
+    assert validate(tmp_path, text, capsys)[:2] == (0, [])  # one without a channel is fine
+    code, err, _ = validate(tmp_path, text.replace('channel = "w-inverter"\n', ""), capsys)
+    assert (code, err[0]) == (2, 'P:5: buses.inverter.channel: bus "battery" is virtual (its '
+                                 "default channel) already: two tables for one channel would "
+                                 "hear each other's frames (swap or fix the channel)")
+
+
 def test_bus_options_python_can_would_ignore_are_named(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     text = LYNK_PIPELINE.replace(
@@ -509,6 +532,18 @@ def test_a_pipeline_of_buses_alone_is_a_warning(tmp_path: Path,
         "P: sources: warning: the pipeline has no components: add at least one source and sink",
         "P:1: buses.battery: warning: no component or forward uses this bus",
         "P:5: buses.inverter: warning: no component or forward uses this bus"])
+
+
+def test_components_are_built_after_their_inputs_whatever_the_file_order(
+        tmp_path: Path) -> None:
+    path = tmp_path / "pipeline.toml"
+    path.write_text(GOOD.replace("[transforms.tag]", '[transforms.late]\ntype = "test-tag"\n'
+                                 'inputs = ["tag"]\n\n[transforms.tag]')
+                    .replace('inputs = ["tag"]\nbus', 'inputs = ["late"]\nbus'))
+    config = load_pipeline(path, load_registry((support_plugins,)))
+    assert [spec.name for spec in config.components] == ["frames", "late", "tag", "out"]
+    assert [spec.name for spec in topological_order(config.components)] == [
+        "frames", "tag", "late", "out"]
 
 
 def test_a_config_error_says_every_problem(tmp_path: Path) -> None:
