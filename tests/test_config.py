@@ -172,6 +172,10 @@ def test_forwards_are_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         "P:24: forwards.keepalive.to_bus: is the same bus as from_bus",
         "P:25: forwards.keepalive.ids: item 2: 536870912 is out of range (>= 0, <= 536870911)",
     ]
+    code, err, _ = validate(tmp_path, text.replace('to_bus = "inverter"', 'to_bus = "batery"'),
+                            capsys)
+    assert err[0] == ('P:24: forwards.keepalive.to_bus: no bus named "batery" (declare '
+                      '[buses.batery]) (did you mean "battery"?)')
 
 
 def test_config_prints_every_default(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
