@@ -135,9 +135,6 @@ class PipelineConfig:
     def folder(self) -> FsPath:
         return self.path.parent
 
-    def component(self, name: str) -> ComponentSpec:
-        return next(spec for spec in self.components if spec.name == name)
-
     def effective(self) -> dict[str, Any]:
         """The whole configuration with defaults filled in, as a TOML-ready dict."""
         out: dict[str, Any] = {"pipeline": _clean(self.tables["pipeline"])}

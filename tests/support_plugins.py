@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import can
@@ -14,6 +15,7 @@ from canbridge import (
     ListOf,
     Number,
     Option,
+    OptionError,
     Sink,
     Source,
     Text,
@@ -92,6 +94,19 @@ class SendSink(Sink):
     summary = "test: a frame per update"
     options = (Option("bus", BusRef(), help="bus to send on"),
                Option("label", Text(), "", "free text"))
+
+    @classmethod
+    def check(cls, config: Mapping[str, Any]) -> Iterable[OptionError]:
+        if config["label"] == "broken check":
+            raise RuntimeError("a bug in the plugin")
+        return ()
+
+    @classmethod
+    def check_bus(cls, config: Mapping[str, Any], option: str, bus: Mapping[str, Any]
+                  ) -> Iterable[OptionError]:
+        if config["label"] == "broken bus check":
+            raise RuntimeError("a bug in the plugin")
+        return ()
 
     def start(self) -> None:
         self.count = 0

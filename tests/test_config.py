@@ -93,6 +93,15 @@ def test_a_good_pipeline_validates(tmp_path: Path, capsys: pytest.CaptureFixture
      'P:1: buses.battery.path: a "replay" bus needs the capture file to play'),
     (('interface = "virtual"\nchannel = "cfg-battery"', 'interface = "replay"\npath = "no.log"'),
      "P:3: buses.battery.path: no such capture file: {tmp}/no.log"),
+    (("[sinks.out]", "[sinks.tag]\ntype = \"test-collect\"\ninputs = [\"tag\"]\n\n[sinks.out]"),
+     'P:17: sinks.tag: the name "tag" is already used in [transforms]; component names must '
+     "be unique"),
+    (('bus = "inverter"', 'bus = "inverter"\nlabel = "broken check"'),
+     "P:17: sinks.out: the \"test-send\" plugin failed to check its options: "
+     "RuntimeError('a bug in the plugin')"),
+    (('bus = "inverter"', 'bus = "inverter"\nlabel = "broken bus check"'),
+     "P:17: sinks.out: the \"test-send\" plugin failed to check its bus: "
+     "RuntimeError('a bug in the plugin')"),
     (("[buses.battery]", "forwards = 5\n\n[buses.battery]"),
      "P:1: forwards: must be a table of named tables, like [forwards.NAME]"),
     (("[buses.battery]", "[forwards]\nkeepalive = 5\n\n[buses.battery]"),
