@@ -459,16 +459,16 @@ def _check_forwards(given: dict[str, dict[str, Any]], buses: dict[str, dict[str,
 def _check_forwarded_ids(forwards: dict[str, dict[str, Any]], specs: list[ComponentSpec],
                          out: _Collector) -> None:
     for name, values in forwards.items():
-        # An ID another node owns is refused in either width.
-        ids = {*(values.get("ids") or ()), *(values.get("extended_ids") or ())}
-        for spec in specs:
-            owned = sorted(ids & spec.cls.foreign_ids)
-            if owned and spec.values.get("bus") == values.get("to_bus"):
-                listed = ", ".join(f"0x{i:03X}" for i in owned)
-                out.add(["forwards", name, "ids"],
-                        f"{listed} belongs to another node on bus \"{values['to_bus']}\" "
-                        f"(says the {spec.cls.type_name} component \"{spec.name}\"): "
-                        "canbridge must never transmit it there")
+        for key in ("ids", "extended_ids"):  # an ID another node owns is refused in either width
+            ids = set(values.get(key) or ())
+            for spec in specs:
+                owned = sorted(ids & spec.cls.foreign_ids)
+                if owned and spec.values.get("bus") == values.get("to_bus"):
+                    listed = ", ".join(f"0x{i:03X}" for i in owned)
+                    out.add(["forwards", name, key],
+                            f"{listed} belongs to another node on bus \"{values['to_bus']}\" "
+                            f"(says the {spec.cls.type_name} component \"{spec.name}\"): "
+                            "canbridge must never transmit it there")
 
 
 def _no_bus(bus: str, buses: Mapping[str, Any]) -> str:

@@ -262,6 +262,11 @@ def test_a_forward_may_not_transmit_an_id_another_node_owns(
     assert err[0] == ('P:30: forwards.wrong_way.ids: 0x305 belongs to another node on bus '
                       '"inverter" (says the pylontech component "pylon"): canbridge must never '
                       'transmit it there')
+    code, err, _ = validate(tmp_path, text.replace("ids = [0x305, 0x351]",
+                                                   "extended_ids = [0x305]"), capsys)
+    assert (code, err[0]) == (2, 'P:30: forwards.wrong_way.extended_ids: 0x305 belongs to another '
+                                 'node on bus "inverter" (says the pylontech component '
+                                 '"pylon"): canbridge must never transmit it there')
 
 
 def test_forwards_keep_the_id_width_apart(tmp_path: Path,
