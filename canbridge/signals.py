@@ -109,14 +109,13 @@ class LatestValues:
         self._values: dict[str, Value] = {}
         self._conditions: set[str] = set()  # the alarm_/warning_ names held now
 
-    def apply(self, update: Update) -> Iterable[str]:
+    def apply(self, update: Update) -> None:
         """Take the update's values; an alarm report first forgets every alarm and warning
-        the previous report set, so a condition it does not mention is no longer active.
-        Returns the names forgotten."""
+        the previous report set, so a condition it does not mention is no longer active."""
         values = update.values
-        forgotten = self._track_conditions(values) if _has_conditions(values) else ()
+        if _has_conditions(values):
+            self._track_conditions(values)
         self._values.update(values)
-        return forgotten
 
     def _track_conditions(self, values: Mapping[str, Value]) -> Iterable[str]:
         """The conditions an update with alarms holds; the names it makes forgotten."""
@@ -165,18 +164,15 @@ class TimedValues(LatestValues):
         self.last_update: float | None = None
         """The pipeline time of the last update applied."""
 
-    def apply(self, update: Update) -> Iterable[str]:
+    def apply(self, update: Update) -> None:
         # LatestValues.apply, and the times: inline, as every update of a view comes here.
         values = update.values
-        forgotten: Iterable[str] = ()
         if _has_conditions(values):
-            forgotten = self._track_conditions(values)
-            for name in forgotten:
+            for name in self._track_conditions(values):
                 del self._times[name]
         self._values.update(values)
         self.last_update = update.timestamp
         self._times.update(dict.fromkeys(values, update.timestamp))
-        return forgotten
 
     def updated_at(self, name: str) -> float | None:
         return self._times.get(name)

@@ -33,6 +33,16 @@ def test_alarm_report_itself_is_not_a_condition() -> None:
     assert not is_condition("alarm_report") and not is_condition("soc")
 
 
+def test_updates_are_equal_when_their_time_and_values_are() -> None:
+    update = Update(1.5, {"soc": 72, "alarm_general": False})
+    assert update == Update(1.5, {"alarm_general": False, "soc": 72})
+    assert update != Update(2.5, {"soc": 72, "alarm_general": False})
+    assert update != Update(1.5, {"soc": 73, "alarm_general": False})
+    assert update != (1.5, {"soc": 72, "alarm_general": False})
+    assert repr(update) == "Update(1.5, {'soc': 72, 'alarm_general': False})"
+    assert update.with_values({"soc": 73}) == Update(1.5, {"soc": 73, "alarm_general": False})
+
+
 NAMES = ("voltage", "soc", "alarm_general", "alarm_high_voltage", "warning_low_voltage",
          "alarm_custom", "alarm_report")
 UPDATES = st.lists(st.dictionaries(st.sampled_from(NAMES), st.booleans(), min_size=1,
@@ -61,6 +71,8 @@ def test_timed_values_follow_the_update_semantics_whatever_the_updates(
         values.update(update)
         times.update(dict.fromkeys(update, float(ts)))
     assert latest.snapshot() == values
+    assert (sorted(latest), len(latest)) == (sorted(values), len(values))
+    assert all(name in latest for name in values) and "nothing" not in latest
     assert {name: latest.updated_at(name) for name in NAMES} == {
         name: times.get(name) for name in NAMES}
     assert latest.active_conditions() == {name for name in conditions if values[name] is True}
