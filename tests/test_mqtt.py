@@ -452,6 +452,23 @@ def test_an_encrypted_key_is_refused_by_validate_never_prompted_for(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make certificates")
+def test_a_client_certificate_with_an_encrypted_key_is_let_in(make_sink, tmp_path):
+    """A broker that asks every client for a certificate: canbridge's, its key encrypted
+    and the passphrase read from key_password_file, is let in."""
+    ca, cert, key = _certificates(tmp_path)
+    locked = tmp_path / "locked.key"
+    subprocess.run(["openssl", "pkey", "-in", str(key), "-aes256", "-passout", "pass:secret",
+                    "-out", str(locked)], check=True, capture_output=True)
+    (tmp_path / "passphrase").write_text("secret\n")
+    extra = (f"cafile {ca}", f"certfile {cert}", f"keyfile {key}", "require_certificate true")
+    with Mosquitto(tmp_path / "mosquitto", extra=extra) as server:
+        certified = make_sink(server, Clock(virtual=True), tls=True, ca_file=str(ca),
+                              cert_file=str(cert), key_file=str(locked),
+                              key_password_file=str(tmp_path / "passphrase"))
+        wait_until(lambda: certified.status()["state"] == "connected")
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make certificates")
 def test_a_missing_tls_file_is_named_and_retried_with_backoff(tmp_path, caplog):
     """At run time (the file vanished after validate): the file is named, on the MQTT
     thread (the engine thread reads no file), and MQTT is tried again with backoff rather
