@@ -472,17 +472,24 @@ def test_a_client_certificate_with_an_encrypted_key_is_let_in(make_sink, tmp_pat
 def test_a_missing_tls_file_is_named_and_retried_with_backoff(tmp_path, caplog):
     """At run time (the file vanished after validate): the file is named, on the MQTT
     thread (the engine thread reads no file), and MQTT is tried again with backoff rather
-    than left off for the whole run."""
-    ca, _, _ = _certificates(tmp_path)
-    sink = build(MqttSink, {"inputs": ["lynk"], "tls": True, "host": "127.0.0.1",
-                            "port": 1, "ca_file": str(ca)},
-                 name="mqtt", clock=Clock(virtual=True, start=0.0), start=False)
-    ca.unlink()
-    with caplog.at_level(logging.ERROR):
-        sink.start()
-        wait_until(lambda: sink.status()["errors"] >= 2)  # the thread's backoff: 0.5 s, 1 s
-        sink.stop()
-    status = sink.status()
+    than left off for the whole run: once the file is back, it connects."""
+    ca, cert, key = _certificates(tmp_path)
+    extra = (f"cafile {ca}", f"certfile {cert}", f"keyfile {key}")
+    with Mosquitto(tmp_path / "mosquitto", extra=extra) as server:
+        sink = build(MqttSink, {"inputs": ["lynk"], "tls": True, "host": server.host,
+                                "port": server.port, "ca_file": str(ca)},
+                     name="mqtt", clock=Clock(virtual=True, start=0.0), health=lambda: HEALTH,
+                     start=False)
+        kept = ca.read_bytes()
+        ca.unlink()
+        with caplog.at_level(logging.ERROR):
+            sink.start()
+            wait_until(lambda: sink.status()["errors"] >= 2)  # the thread's backoff: 0.5 s, 1 s
+            status = sink.status()
+            ca.write_bytes(kept)
+            wait_until(lambda: sink.status()["state"] == "connected")
+            sink.stop()
+    assert status["state"] == "error"
     assert status["last_error"] == f"cannot set up MQTT: ca_file {ca}: no such file"
     assert [r.getMessage() for r in caplog.records] == [
         f"cannot set up MQTT: ca_file {ca}: no such file; trying again with backoff"]
