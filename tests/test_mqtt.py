@@ -559,3 +559,21 @@ def test_published_counts_what_the_broker_acknowledged(broker: Mosquitto) -> Non
         sub.wait("bat/status", lambda m: m.payload == b"offline")
     assert link.status() == {"state": "disconnected", "published": 5, "dropped": 0,
                              "errors": 0, "last_error": None}  # online, 3, offline
+
+
+def test_a_message_paho_refuses_costs_only_that_message(broker: Mosquitto) -> None:
+    """paho raises for some messages (here a topic with a wildcard, which the sink's own
+    checks never let through): the publisher thread counts it and goes on publishing."""
+    link = link_module.Link(link_module.Settings("127.0.0.1", broker.port, "refused", 1,
+                                                 "bat/status"), logging.getLogger("test"))
+    with Subscriber(broker) as sub:
+        link.start()
+        wait_until(lambda: link.status()["state"] == "connected")
+        link.publish("bat/+", "refused")
+        wait_until(lambda: link.status()["errors"] == 1)
+        link.publish("bat/after", "sent")
+        sub.wait("bat/after")
+        assert (link.status()["dropped"], link.status()["state"]) == (1, "connected")
+        link.close()
+    assert link.status()["last_error"] == (
+        "publish to bat/+ failed: ValueError('Publish topic cannot contain wildcards.')")

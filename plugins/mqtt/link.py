@@ -269,8 +269,14 @@ class Link:
         from .pahoclient import MQTTErrorCode, mqtt
 
         qos = self.settings.qos
-        rc = client.publish(message.topic, message.payload, qos=qos,
-                                  retain=message.retain).rc
+        try:
+            rc = client.publish(message.topic, message.payload, qos=qos,
+                                retain=message.retain).rc
+        except Exception as exc:  # paho refusing one message must not end MQTT for the run
+            with self._cond:
+                self.dropped += 1
+            self._error(f"publish to {message.topic} failed: {exc!r}")
+            return
         if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
             return
         if rc == MQTTErrorCode.MQTT_ERR_NO_CONN and qos > 0:
