@@ -57,6 +57,8 @@ class Control:
                 doc = json.loads(text)
             except json.JSONDecodeError as exc:
                 raise ValueError(f"not valid JSON: {exc.msg}") from None
+            except RecursionError:  # a payload like [[[[...]]]]: not a command, whoever sent it
+                raise ValueError("not valid JSON: nested too deeply") from None
             if not isinstance(doc, dict) or ("value" not in doc and self.kind != BUTTON):
                 raise ValueError('expected {"value": ..., "for_minutes": ...}')
             unknown = set(doc) - {"value", "for_minutes"}

@@ -19,6 +19,7 @@ from broker import Subscriber, mosquitto_fixture
 from canbridge_plugins.balancing import CellBalancing
 from canbridge_plugins.control import Controls
 from canbridge_plugins.mqtt import MqttSink
+from conftest import wait_until
 from test_pylontech import LYNK_SAMPLE, NORMAL_BURST, T0, Rig, hexes
 
 from canbridge import Update, writer
@@ -179,6 +180,7 @@ def test_a_set_command_changes_the_frames_within_one_period(broker, bridge, capl
     ("fifty", "value: expected a number, got 'fifty'"),
     ('{"value": 10, "for_minutes": -1}', "for_minutes must not be negative"),
     ('{"value": ', "not valid JSON"),
+    ('{"value": ' + "[" * 100_000 + "]" * 100_000 + "}", "not valid JSON: nested too deeply"),
 ])
 def test_bad_commands_are_refused_logged_and_change_nothing(broker, bridge, caplog, payload,
                                                             reason):
@@ -194,6 +196,8 @@ def test_bad_commands_are_refused_logged_and_change_nothing(broker, bridge, capl
         assert bridge.posted.empty()
         assert [m for m in sub.messages[mark:]
                 if m.topic == f"{BASE}/control/charge_current_max"] == []
+        sub.publish(f"{BASE}/set/charge_current_max", "50")  # the next command still counts
+        wait_until(lambda: not bridge.posted.empty())
     assert f"refused {BASE}/set/charge_current_max" in caplog.text
     assert reason in caplog.text
 

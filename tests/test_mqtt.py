@@ -577,3 +577,31 @@ def test_a_message_paho_refuses_costs_only_that_message(broker: Mosquitto) -> No
         link.close()
     assert link.status()["last_error"] == (
         "publish to bat/+ failed: ValueError('Publish topic cannot contain wildcards.')")
+
+
+def test_a_handler_that_raises_costs_only_that_message(broker: Mosquitto, caplog) -> None:
+    """paho ends its network thread on an exception from a callback: a fault in handling
+    one command must not leave MQTT dead for the run."""
+    link = link_module.Link(link_module.Settings("127.0.0.1", broker.port, "handled", 1,
+                                                 "bat/status"), logging.getLogger("test"))
+    handled: list[bytes] = []
+
+    def handler(payload: bytes) -> None:
+        if payload == b"bad":
+            raise RuntimeError("a bug in the handler")
+        handled.append(payload)
+
+    link.subscribe("bat/set/x", handler)
+    with Subscriber(broker) as sub, caplog.at_level(logging.ERROR):
+        sub.publish("bat/set/x", "bad", retain=True)  # delivered as the link subscribes
+        link.start()
+        wait_until(lambda: link.status()["errors"] == 1)
+        sub.publish("bat/set/x", "good")
+        wait_until(lambda: handled == [b"good"])
+        status = link.status()
+        link.close()
+    assert (status["state"], status["errors"], status["last_error"]) == (
+        "connected", 1,
+        "handling a message on bat/set/x failed: RuntimeError('a bug in the handler')")
+    assert [r.getMessage() for r in caplog.records] == [
+        "handling a message on bat/set/x failed: RuntimeError('a bug in the handler')"]

@@ -336,7 +336,12 @@ class Link:
                     message: mqtt.MQTTMessage) -> None:
         handler = self._handlers.get(message.topic)
         if handler is not None:
-            handler(message.payload)
+            try:
+                handler(message.payload)
+            except Exception as exc:  # paho ends its thread on it: MQTT would be dead
+                self._error(f"handling a message on {message.topic} failed: {exc!r}")
+                self._event(f"handler {message.topic}", logging.ERROR,
+                            "handling a message on %s failed: %r", message.topic, exc)
 
     # -- helpers ----------------------------------------------------------------------------
 
