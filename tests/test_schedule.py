@@ -3,6 +3,8 @@ American zone, the most restrictive window winning, and bad windows refused."""
 
 from __future__ import annotations
 
+import logging
+import time
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -58,6 +60,37 @@ def test_a_window_across_midnight_belongs_to_the_day_it_starts():
     assert limits_at(tou, out, zone, 2026, 12, 5, 5, 59) == (282.0, 0.0)  # Sat early
     assert limits_at(tou, out, zone, 2026, 12, 5, 6, 0) == (282.0, 282.0)
     assert limits_at(tou, out, zone, 2026, 12, 5, 23, 0) == (282.0, 282.0)  # Sat night
+
+
+def test_a_sunday_night_window_reaches_into_monday(caplog):
+    zone = "Europe/Berlin"
+    tou, out = schedule(zone, {"name": "cheap", "days": ["sun"], "start": "23:00",
+                               "end": "05:00", "charging": False})
+    with caplog.at_level(logging.INFO):
+        assert limits_at(tou, out, zone, 2026, 12, 6, 23, 30) == (0.0, 282.0)  # Sunday
+        assert limits_at(tou, out, zone, 2026, 12, 7, 4, 59) == (0.0, 282.0)  # Monday
+        assert limits_at(tou, out, zone, 2026, 12, 7, 5, 0) == (282.0, 282.0)
+    assert [r.getMessage() for r in caplog.records] == [
+        "schedule at Sun 23:30 CET: cheap active: charging off",
+        "schedule at Mon 05:00 CET: no window active"]
+
+
+def test_without_a_timezone_the_windows_follow_the_systems(monkeypatch, caplog):
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        tou = build(Schedule, {"inputs": ["lynk"], "windows": [PEAK]}, name="tou",
+                    clock=Clock(virtual=True, start=0.0))
+        out = capture(tou)
+        # 16:00 in New York: the window is on there (it would be 22:00 in Berlin)
+        with caplog.at_level(logging.INFO):
+            assert limits_at(tou, out, "America/New_York", 2026, 12, 7, 16, 0) == (20.0, 282.0)
+        assert limits_at(tou, out, "America/New_York", 2026, 12, 7, 21, 0) == (282.0, 282.0)
+        assert caplog.messages == [
+            "schedule at Mon 16:00 EST: peak active: charge_current_max 20 A"]
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 def test_the_most_restrictive_active_window_wins():
@@ -145,8 +178,12 @@ def test_fall_back_america():
      "windows.1: start '25:00' is not a time"),
     ({"start": "22:00", "charging": False}, "windows.1: needs end"),
     ({"start": "22:00", "end": "06:00"}, "windows.1: sets nothing"),
-    ({"start": "22:00", "end": "06:00", "days": ["monday"], "charging": False},
+    ({"start": "22:00", "end": "06:00", "days": ["mon", "friday"], "charging": False},
      "windows.1: days must be a list of mon"),
+    ({"start": "22:00", "end": "22:00", "charging": False},
+     "windows.1: start and end are the same time"),
+    ({"start": "22:00", "end": "06:00", "charging": "no"},
+     "windows.1: charging must be true or false"),
     ({"start": "22:00", "end": "06:00", "charge_current_max": -5},
      "windows.1: charge_current_max: -5 is out of range"),
     ({"start": "22:00", "end": "06:00", "chargin": False},
