@@ -119,6 +119,8 @@ def test_no_watchdog_without_watchdog_usec_or_for_another_pid(
     n = notifier(tmp_path, WATCHDOG_USEC="1000000", WATCHDOG_PID=str(os.getpid()))
     n.tick(lambda: FRESH)
     assert received(systemd) == ["WATCHDOG=1"]
+    assert n.watchdog_secs == 1.0
+    assert notifier(tmp_path, WATCHDOG_USEC="2500000").watchdog_secs == 2.5
 
 
 def test_watchdog_stops_while_battery_data_is_stale(
@@ -169,6 +171,13 @@ def test_a_vanished_socket_is_reported_once(tmp_path: Path, systemd: socket.sock
     n.status("x")
     assert len(caplog.messages) == 1
     assert caplog.messages[0].startswith(f"cannot notify systemd at '{tmp_path / 'notify'}': ")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as back:  # systemd back: told again
+        back.bind(str(tmp_path / "notify"))          # when the next failure starts
+        n.status("y")
+        assert back.recv(100) == b"STATUS=y"
+    (tmp_path / "notify").unlink()
+    n.status("z")
+    assert len(caplog.messages) == 2
 
 
 def test_a_wedged_engine_stops_the_watchdog(tmp_path: Path, systemd: socket.socket) -> None:
