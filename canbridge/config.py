@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path as FsPath
@@ -19,6 +18,7 @@ import can
 from canbridge import schema
 from canbridge.buses import options_problems
 from canbridge.component import Component
+from canbridge.documents import toml_document
 from canbridge.locations import location_problem, outside_service, service_writable_paths
 from canbridge.registry import Registry
 from canbridge.replay import capture_problem
@@ -233,8 +233,8 @@ def load_pipeline(path: str | os.PathLike[str], registry: Registry) -> PipelineC
     except ValueError as exc:
         raise ConfigError([Problem(label, None, "file", str(exc))]) from None
     try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+        raw = toml_document(text)
+    except ValueError as exc:
         match = re.search(r"\(at line (\d+), column \d+\)", str(exc))
         message = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
         line = int(match.group(1)) if match else None

@@ -10,12 +10,12 @@ sink, to publish the value) hear of it on the engine thread.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from canbridge.documents import json_document
 from canbridge.signals import Value
 
 NUMBER, SWITCH, BUTTON = "number", "switch", "button"
@@ -54,11 +54,9 @@ class Control:
         for_minutes = None
         if text.startswith("{"):
             try:
-                doc = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"not valid JSON: {exc.msg}") from None
-            except RecursionError:  # a payload like [[[[...]]]]: not a command, whoever sent it
-                raise ValueError("not valid JSON: nested too deeply") from None
+                doc = json_document(text)
+            except ValueError as exc:
+                raise ValueError(f"not valid JSON: {getattr(exc, 'msg', exc)}") from None
             if not isinstance(doc, dict) or ("value" not in doc and self.kind != BUTTON):
                 raise ValueError('expected {"value": ..., "for_minutes": ...}')
             unknown = set(doc) - {"value", "for_minutes"}

@@ -16,6 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from canbridge.documents import json_document
+
 SERVICE_UNIT = Path("/etc/systemd/system/canbridge.service")
 log = logging.getLogger("canbridge")
 
@@ -32,7 +34,7 @@ def cache_dir() -> Path:
 def read_cache(name: str) -> Any:
     """The JSON document kept under `name` in the cache folder, or None."""
     try:
-        return json.loads((cache_dir() / name).read_text(encoding="utf-8"))
+        return json_document((cache_dir() / name).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
 

@@ -14,11 +14,11 @@ import stat
 import sys
 import tempfile
 import time
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path as FilePath
 from typing import Any, TextIO
 
+from canbridge.documents import json_document, toml_document
 from canbridge.schema import Number, Option, Path
 
 RUN_DIR = FilePath("/run/canbridge")
@@ -101,8 +101,7 @@ def write_status(path: FilePath | str, doc: Mapping[str, Any]) -> None:
 def _pipeline_status_file(pipeline: str) -> FilePath | None:
     """The `[status] file` of a pipeline file, relative to its folder; None when unset."""
     source = FilePath(pipeline)
-    with source.open("rb") as file:
-        table = tomllib.load(file).get("status") or {}
+    table = toml_document(source.read_text(encoding="utf-8")).get("status") or {}
     value = table.get("file") if isinstance(table, dict) else None
     if value is None:
         return None
@@ -127,7 +126,7 @@ def status_command(file: str | None, pipeline: str | None, as_json: bool,
     if path is None and pipeline:
         try:
             path = _pipeline_status_file(pipeline)
-        except (OSError, ValueError, tomllib.TOMLDecodeError) as exc:
+        except (OSError, ValueError) as exc:
             print(f"canbridge status: {pipeline}: {exc}", file=err)
             return 2
     if path is None:
@@ -142,7 +141,7 @@ def status_command(file: str | None, pipeline: str | None, as_json: bool,
         print(f"cannot read status file {path}: {exc.strerror or exc}", file=err)
         return 1
     try:
-        doc = json.loads(text)
+        doc = json_document(text)
         if not isinstance(doc, dict):
             raise ValueError("not a JSON object")
     except ValueError as exc:

@@ -316,6 +316,7 @@ def test_missing_file_means_never_balanced(tmp_path: Path) -> None:
     b'version = 1\nlast_balanced = "yesterday"\n',
     b"version = 1\nlast_balanced = 2025-04-24T16:29:15\n",  # no offset
     b"version = 1\nhold = 3\n",
+    b"version = 1\nx = " + b"[" * 5000 + b"]" * 5000 + b"\n",  # deeper than the parser recurses
 ])
 def test_corrupt_file_is_reported_once_kept_aside_and_treated_as_missing(
         tmp_path: Path, caplog: pytest.LogCaptureFixture, content: bytes) -> None:

@@ -162,6 +162,9 @@ def test_toml_syntax_errors_name_the_line(tmp_path: Path,
                             capsys)
     assert code == 2
     assert err[0].startswith("P:14: syntax: not valid TOML: ")
+    code, err, _ = validate(tmp_path, "x = " + "[" * 5000 + "]" * 5000 + "\n", capsys)
+    assert (code, err) == (2, ["P: syntax: not valid TOML: nested too deeply",
+                              "P: 1 problem found"])
 
 
 def test_a_missing_file_is_a_clear_error(tmp_path: Path,

@@ -254,6 +254,20 @@ def test_persisted_values_survive_a_restart_and_expired_ones_do_not(tmp_path):
         later.close()
 
 
+@pytest.mark.parametrize("content", ["charging = ", "x = " + "[" * 5000 + "]" * 5000])
+def test_an_unusable_state_file_costs_only_the_saved_values(tmp_path, caplog, content):
+    (tmp_path / "controls.toml").write_text(content)
+    with caplog.at_level(logging.ERROR):
+        bridge = Bridge(None, tmp_path, persist=True)
+    try:
+        assert bridge.controls.values()["charging"] is True  # the configured value
+        assert bridge.controls.errors == 1
+        assert [m.split(" (")[0] for m in caplog.messages] == [
+            f"control state file {tmp_path / 'controls.toml'} unusable"]
+    finally:
+        bridge.close()
+
+
 def test_not_persisted_values_are_forgotten(tmp_path):
     first = Bridge(None, tmp_path)
     first.board.command(first.board.get("min_soc").parse("30"))

@@ -202,6 +202,10 @@ def test_garbage_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert run_status("--file", str(tmp_path / "s.json")) == (1, "")
     assert capsys.readouterr().err == (
         f"status file {tmp_path / 's.json'} is not valid: not a JSON object\n")
+    (tmp_path / "s.json").write_text("[" * 100_000 + "]" * 100_000)
+    assert run_status("--file", str(tmp_path / "s.json")) == (1, "")
+    assert capsys.readouterr().err == (
+        f"status file {tmp_path / 's.json'} is not valid: nested too deeply\n")
 
 
 def test_a_file_not_rewritten_in_time_means_stuck_or_down(

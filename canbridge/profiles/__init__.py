@@ -19,10 +19,11 @@ are defaults: an option written in the pipeline file always wins.
 from __future__ import annotations
 
 import functools
-import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
+
+from canbridge.documents import toml_document
 
 GENERIC = "generic"
 
@@ -60,8 +61,8 @@ def load(name: str) -> Profile:
     entry = _folder().joinpath(f"{name}.toml")
     label = f"profile file {name}.toml"
     try:
-        raw = tomllib.loads(entry.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raw = toml_document(entry.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
         raise ProfileError(f"{label}: {exc}") from None
     options: dict[str, Any] = {}
     sources: dict[str, str] = {}

@@ -10,13 +10,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import tomllib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import tomli_w
 
+from canbridge.documents import toml_document
 from canbridge.writer import write_atomic
 
 VERSION = 1
@@ -58,8 +58,8 @@ def dumps(state: SavedState) -> str:
 
 def loads(text: str) -> SavedState:
     try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+        doc = toml_document(text)
+    except ValueError as exc:
         raise CorruptState(f"not valid TOML ({exc})") from None
     if doc.get("version") != VERSION:
         raise CorruptState(f"version is {doc.get('version')!r}, expected {VERSION}")

@@ -9,7 +9,6 @@ off the engine thread). Every control only lowers a limit the battery gave.
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path as FilePath
 from typing import Any
@@ -18,6 +17,7 @@ import tomli_w
 
 from canbridge import Context, Flag, Number, Option, Path, Timer, Update, Value
 from canbridge.controls import SWITCH, Command
+from canbridge.documents import toml_document
 from canbridge.shaping import Bound, Shaper, SocGate, number
 from canbridge.writer import write_soon
 
@@ -146,10 +146,10 @@ class Controls(Shaper):
 
     def _restore(self) -> None:
         try:
-            doc = tomllib.loads(self.path.read_text(encoding="utf-8"))
+            doc = toml_document(self.path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        except (OSError, ValueError) as exc:
             self.errors += 1
             self.log.error("control state file %s unusable (%s); configured values apply",
                            self.path, exc)

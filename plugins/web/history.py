@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import collections
 import csv
-import json
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from canbridge.dayfiles import TIME_COLUMN, day_file
+from canbridge.documents import json_document
 
 SERIES = ("soc", "voltage", "current", "charge_voltage_limit", "charge_current_limit",
           "discharge_current_limit", "discharge_voltage_limit")
@@ -68,8 +68,8 @@ def _read_rows(file: Path, since: float) -> list[Point]:
 
 def _json(line: str) -> Mapping[str, Any]:
     try:
-        value = json.loads(line)
-    except json.JSONDecodeError:
+        value = json_document(line)
+    except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
 
