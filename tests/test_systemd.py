@@ -156,6 +156,17 @@ def test_watchdog_stops_while_battery_data_is_stale(
     assert tick(FRESH) == ["WATCHDOG=1"]
 
 
+@pytest.mark.parametrize("order", [("lynk", "rs485"), ("rs485", "lynk")])
+def test_the_stalest_component_is_named(tmp_path: Path, systemd: socket.socket,
+                                        caplog: pytest.LogCaptureFixture,
+                                        order: tuple[str, str]) -> None:
+    stale = {"lynk": {"stale_secs": 900.0}, "rs485": {"stale_secs": 700.0}}
+    notifier(tmp_path, max_stale_secs=600, WATCHDOG_USEC="2000000").tick(
+        lambda: {name: stale[name] for name in order})
+    assert caplog.messages == ["lynk: battery data stale for 900 s (more than max_stale_secs "
+                               "600): watchdog pings withheld, systemd will restart canbridge"]
+
+
 def test_odd_status_values_are_not_stale(tmp_path: Path, systemd: socket.socket) -> None:
     n = notifier(tmp_path, WATCHDOG_USEC="1000000", max_stale_secs=1)
     n.tick(lambda: {"a": {"stale_secs": None}, "b": {"stale_secs": True},
