@@ -311,6 +311,33 @@ inputs = ["frames"]
     assert (tmp_path / "status.json").exists()
 
 
+def test_a_paced_replay_keeps_the_captures_spacing_over_its_speed_and_ends_the_run(
+        tmp_path: Path) -> None:
+    frames = [(T0 + n * 0.1, 0x351 + n, bytes([n])) for n in range(5)]
+    capture = write_capture(tmp_path / "c.log", frames)
+    started = time.monotonic()
+    engine = run(tmp_path, replay(capture, speed="10.0") + FRAMES
+                 + '[sinks.seen]\ntype = "test-collect"\ninputs = ["frames"]\n')
+    # 0.4 s of capture at speed 10: never sooner than 0.04 s; the upper bound is loose (a
+    # busy machine) but far below the 4 s that speed taken the wrong way round would take
+    assert 0.04 <= time.monotonic() - started < 2.0
+    received = engine.components["seen"].received
+    assert [u.values["frame_id"] for u in received] == [0x351 + n for n in range(5)]
+    assert engine.buses["battery"].status()["finished"] is True
+
+
+def test_a_paced_replay_that_breaks_mid_run_ends_it_with_exit_2(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    capture = tmp_path / "cut.log"
+    capture.write_text("".join(f"({T0 + n * 0.001:.6f}) can0 351#{n:02X}\n" for n in range(25))
+                       + "(garbage) can0 XYZ#ZZ\n")
+    engine = Engine(load(tmp_path, replay(capture, speed="1.0") + FRAMES
+                         + '[sinks.seen]\ntype = "test-collect"\ninputs = ["frames"]\n'))
+    assert engine.run() == engine_module.EXIT_BAD_FILE
+    assert len(engine.components["seen"].received) == 25  # what came before the break
+    assert f"{capture}: not a readable capture after frame 25" in caplog.messages[-1]
+
+
 def test_two_full_speed_replays_merge_in_time_order_each_on_its_own_bus(tmp_path: Path) -> None:
     a = write_capture(tmp_path / "a.log", [(T0 + 0, 0x10, b"\x01"), (T0 + 2, 0x10, b"\x02")])
     b = write_capture(tmp_path / "b.log", [(T0 + 1, 0x20, b"\x03"), (T0 + 3, 0x20, b"\x04")])
