@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import can
+import pytest
 from conftest import SAMPLE
 
 from canbridge.replay import read_capture
@@ -39,6 +40,17 @@ def test_candump_reader_matches_python_can_on_every_kind_of_line(tmp_path: Path)
     ours, theirs = list(read_capture(str(path))), list(can.LogReader(str(path)))
     assert len(ours) == len(theirs) == 11
     assert [same(a, b) for a, b in zip(ours, theirs, strict=True)] == [True] * 11
+
+
+@pytest.mark.parametrize("bad", ["(2.0) can0 123#GG", "(2.0) can0 XYZ#11", "(two) can0 123#11"])
+def test_a_line_it_cannot_parse_is_python_cans_to_refuse(tmp_path: Path, bad: str) -> None:
+    """Never a frame made up from the line before: python-can's reader says what is wrong."""
+    path = tmp_path / "bad.log"
+    path.write_text(f"(1.000000) can0 351#2F02040B040BB001\n{bad}\n")
+    frames = read_capture(str(path))
+    assert next(frames).arbitration_id == 0x351
+    with pytest.raises(ValueError):
+        next(frames)
 
 
 def test_candump_reader_matches_python_can_on_the_real_capture() -> None:
