@@ -117,6 +117,11 @@ def test_the_json_endpoints_are_the_status_document_and_the_values(bridge: Bridg
     _, events = bridge.get("/api/events")
     assert any("battery data complete" in e["message"] for e in events)
     assert len(events) <= 50
+    for path in ("/", "/api/state"):  # sized and never cached: a reload shows now
+        response = bridge.request("GET", path)
+        body = response.read()
+        assert int(response.getheader("Content-Length")) == len(body) > 0
+        assert response.getheader("Cache-Control") == "no-store"
 
 
 @pytest.mark.parametrize(("method", "path", "kwargs", "code"), [
