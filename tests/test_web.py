@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import itertools
 import json
+import os
 import shutil
 import signal
 import socket
@@ -231,7 +232,8 @@ def test_the_page_in_a_real_browser(tmp_path: Path) -> None:
 def test_the_snapshot_is_rebuilt_each_second_only_while_someone_reads_it() -> None:
     t0 = 1745512155.0
     clock = Clock(virtual=True, start=t0)
-    sink = build(WebSink, {"inputs": ["lynk"], "listen": "127.0.0.1:0"}, clock=clock)
+    sink = build(WebSink, {"inputs": ["lynk"], "listen": "127.0.0.1:0"}, clock=clock,
+                 start=False)
     sink.start()
     try:
         def soc_shown() -> object:
@@ -257,8 +259,9 @@ def test_the_server_starts_without_a_dns_lookup_and_stops_at_once(monkeypatch) -
     before the inverter's first frame. And it must not poll to notice a stop."""
     lookups: list[str] = []
     monkeypatch.setattr(socket, "getfqdn", lambda name="": lookups.append(name) or name)
+    open_before = len(os.listdir("/proc/self/fd"))
     sink = build(WebSink, {"inputs": ["lynk"], "listen": "127.0.0.1:0"},
-                 clock=Clock(virtual=True, start=1745512155.0))
+                 clock=Clock(virtual=True, start=1745512155.0), start=False)
     sink.start()
     try:
         port = int(sink.listening.rsplit(":", 1)[1].rstrip("/"))
@@ -270,3 +273,4 @@ def test_the_server_starts_without_a_dns_lookup_and_stops_at_once(monkeypatch) -
         sink.stop()
     assert lookups == []
     assert sink._thread is not None and not sink._thread.is_alive()  # stop() waited for it
+    assert len(os.listdir("/proc/self/fd")) == open_before  # its socket and wake pipe closed
