@@ -20,7 +20,7 @@ from pathlib import Path
 
 import can
 import pytest
-from canbridge_plugins.web.sink import IDLE_REFRESH_SECS, WebSink
+from canbridge_plugins.web.sink import IDLE_REFRESH_SECS, WebSink, parse_listen
 from conftest import LYNK_TO_PYLONTECH, SAMPLE, canbridge_cmd, run_canbridge, subprocess_env
 
 from canbridge import Clock, Update
@@ -227,6 +227,18 @@ def test_the_page_in_a_real_browser(tmp_path: Path) -> None:
     points = soc_chart.split('points="')[1].split('"')[0].split()
     assert len(points) > 40  # the day's rows from the data log, drawn
     assert (tmp_path / "page.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(("text", "parsed"), [
+    ("127.0.0.1:8080", ("127.0.0.1", 8080)), ("[::1]:0", ("::1", 0)),
+    ("0.0.0.0:65535", ("0.0.0.0", 65535)), (":8080", None), ("localhost", None),
+    ("127.0.0.1:http", None), ("127.0.0.1:65536", None), ("127.0.0.1:-1", None)])
+def test_listen_is_host_colon_port(text: str, parsed: tuple[str, int] | None) -> None:
+    if parsed is not None:
+        assert parse_listen(text) == parsed
+    else:
+        with pytest.raises(ValueError, match=r"is not HOST:PORT \(port 0: any free one\)"):
+            parse_listen(text)
 
 
 def test_the_snapshot_is_rebuilt_each_second_only_while_someone_reads_it() -> None:
