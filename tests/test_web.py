@@ -21,7 +21,14 @@ from pathlib import Path
 import can
 import pytest
 from canbridge_plugins.web.sink import IDLE_REFRESH_SECS, WebSink, parse_listen
-from conftest import LYNK_TO_PYLONTECH, SAMPLE, canbridge_cmd, run_canbridge, subprocess_env
+from conftest import (
+    LYNK_TO_PYLONTECH,
+    SAMPLE,
+    canbridge_cmd,
+    run_canbridge,
+    subprocess_env,
+    wait_until,
+)
 
 from canbridge import Clock, Update
 from canbridge.testing import build, feed, run_timers
@@ -227,6 +234,31 @@ def test_the_page_in_a_real_browser(tmp_path: Path) -> None:
     points = soc_chart.split('points="')[1].split('"')[0].split()
     assert len(points) > 40  # the day's rows from the data log, drawn
     assert (tmp_path / "page.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_beyond_max_clients_a_request_is_told_busy_until_a_slot_frees() -> None:
+    sink = build(WebSink, {"inputs": ["lynk"], "listen": "127.0.0.1:0", "max_clients": 1},
+                 clock=Clock(virtual=True, start=1745512155.0), start=False)
+    sink.start()
+    try:
+        port = int(sink.listening.rsplit(":", 1)[1].rstrip("/"))
+
+        def status_of_a_get() -> tuple[int, bytes]:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            connection.request("GET", "/api/state")
+            response = connection.getresponse()
+            answer = response.status, response.read()
+            connection.close()
+            return answer
+
+        with socket.create_connection(("127.0.0.1", port)):  # holds the one slot, silent
+            wait_until(lambda: status_of_a_get()[0] == 503)
+            status, body = status_of_a_get()
+            assert status == 503 and b"busy: too many clients" in body
+        wait_until(lambda: status_of_a_get()[0] == 200)  # its slot is free again
+        assert sink.refused >= 2
+    finally:
+        sink.stop()
 
 
 @pytest.mark.parametrize(("text", "parsed"), [

@@ -226,8 +226,8 @@ class _Handler(BaseHTTPRequestHandler):
     def handle_one_request(self) -> None:
         if not self.server.slots.acquire(blocking=False):
             self.server.sink.refused += 1
-            self.raw_requestline = self.rfile.readline(MAX_REQUEST_LINE + 1)
-            self.send_error(HTTPStatus.SERVICE_UNAVAILABLE, "busy: too many clients")
+            self.rfile.readline(MAX_REQUEST_LINE + 1)  # read, so the answer is not a reset
+            self._refuse(HTTPStatus.SERVICE_UNAVAILABLE, "busy: too many clients")
             self.close_connection = True
             return
         try:
@@ -237,10 +237,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def parse_request(self) -> bool:
         if len(self.raw_requestline) > MAX_REQUEST_LINE:
-            self.requestline = ""
-            self.request_version = "HTTP/1.1"
-            self.command = ""
-            self.send_error(HTTPStatus.REQUEST_URI_TOO_LONG)
+            self._refuse(HTTPStatus.REQUEST_URI_TOO_LONG)
             return False
         if not super().parse_request():
             return False
@@ -249,6 +246,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "this page takes no data")
             return False
         return True
+
+    def _refuse(self, status: HTTPStatus, message: str | None = None) -> None:
+        """An error answer to a request not parsed: send_error needs these three set."""
+        self.requestline, self.request_version, self.command = "", "HTTP/1.1", ""
+        self.send_error(status, message)
 
     def do_GET(self) -> None:
         sink = self.server.sink
