@@ -56,13 +56,6 @@ class _LazyTypes(Mapping[str, "type[Component]"]):
     def __setitem__(self, name: str, cls: type[Component]) -> None:
         self.loaded[name] = cls
 
-    def __contains__(self, name: object) -> bool:
-        try:
-            self[name]  # type: ignore[index]
-        except KeyError:
-            return False
-        return True
-
     def __iter__(self) -> Iterator[str]:
         self.registry.load_all()
         return iter(dict(self.loaded))

@@ -324,7 +324,7 @@ def test_plugins_the_pipeline_does_not_name_are_not_imported(tmp_path: Path) -> 
 
     # A cache that no longer tells the truth costs the imports, never the answer.
     index = json.loads((cache / "canbridge" / "plugins.json").read_text())
-    index["types"] = {"pylontech": "web"}
+    index["types"]["pylontech"] = "web"  # the other types still lead to their plugins
     (cache / "canbridge" / "plugins.json").write_text(json.dumps(index))
     assert "canbridge_plugins.mqtt.sink" in imported_by_load(pipeline, cache)
 
