@@ -43,9 +43,9 @@ class ConsoleSink(Sink):
     def check(cls, config: Mapping[str, Any]) -> Iterable[OptionError]:
         return unknown_signal_warnings("signals", config["signals"])
 
-    def __init__(self, *args: Any, stream: TextIO | None = None, **kwargs: Any):
+    def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.stream = stream or sys.stdout
+        self.stream: TextIO = sys.stdout
         self.latest = self.context.latest
         self.refreshes = 0
         self._out = BackgroundWriter()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import threading
@@ -57,6 +58,31 @@ def test_a_terminal_that_stops_reading_never_holds_up_the_engine() -> None:
         sink.stop()
     assert sink.status()["refreshes"] == 102
     assert received.count(b"\n") < 10  # the tables that waited were replaced, not piled up
+
+
+def test_on_a_terminal_the_table_is_redrawn_in_place() -> None:
+    sink = build(ConsoleSink, {"inputs": ["lynk"], "alarms": False}, start=False)
+    controller, terminal = os.openpty()
+    with os.fdopen(terminal, "w") as stream:
+        sink.stream = stream
+        feed(sink, Update(T0, {"soc": 72, "temperature": 21.456, "balancing_active": True}))
+        sink.stop()  # writes the last table
+        shown = os.read(controller, 4096)
+    os.close(controller)
+    # Home, clear to the end of the screen, the table (the terminal turns \n into \r\n)
+    assert shown == b"\x1b[H\x1b[Jsoc 72%  temperature 21.46\xc2\xb0C  balancing_active yes\r\n"
+
+
+def test_a_terminal_gone_is_counted_never_raised() -> None:
+    sink = build(ConsoleSink, {"inputs": ["lynk"]}, start=False)
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody reads any more: writes fail with EPIPE
+    sink.stream = stream = os.fdopen(write_end, "w")
+    feed(sink, Update(T0, {"soc": 72}))
+    sink.stop()
+    assert sink.status()["errors"] == 1
+    with contextlib.suppress(BrokenPipeError):  # what it could not write is still buffered
+        stream.close()
 
 
 def test_before_any_data_it_says_it_is_waiting() -> None:
