@@ -18,6 +18,7 @@ import pytest
 from broker import Mosquitto, Received, Subscriber, mosquitto_fixture
 from canbridge_plugins.mqtt import MqttSink
 from canbridge_plugins.mqtt import link as link_module
+from canbridge_plugins.mqtt.homeassistant import discovery_config
 from conftest import wait_until
 
 import canbridge
@@ -605,3 +606,25 @@ def test_a_handler_that_raises_costs_only_that_message(broker: Mosquitto, caplog
         "handling a message on bat/set/x failed: RuntimeError('a bug in the handler')")
     assert [r.getMessage() for r in caplog.records] == [
         "handling a message on bat/set/x failed: RuntimeError('a bug in the handler')"]
+
+
+@pytest.mark.parametrize(("name", "value", "component", "extra"), [
+    ("glitch_active", True, "binary_sensor", {
+        "value_template": "{{ 'ON' if value_json.glitch_active else 'OFF' }}",
+        "payload_on": "ON", "payload_off": "OFF"}),
+    ("cell_delta_mv", 12, "sensor", {"value_template": "{{ value_json.cell_delta_mv }}",
+                                     "state_class": "measurement"}),
+    ("pack_serial", "A123", "sensor", {"value_template": "{{ value_json.pack_serial }}"}),
+])
+def test_a_signal_outside_the_table_is_announced_by_its_value(
+        name: str, value: object, component: str, extra: dict[str, str]) -> None:
+    """A plugin's own signal (a transform's `<name>_active`, say): a flag is a binary
+    sensor, a number a measurement, text a plain sensor; the label comes from the name."""
+    topic, config = discovery_config(name, value, node_id="bat", discovery_prefix="ha",
+                                     state_topic="c/bat/state", availability_topic="c/bat/s",
+                                     device={"name": "bat"})
+    assert topic == f"ha/{component}/bat/{name}/config"
+    assert config == {"unique_id": f"canbridge_bat_{name}",
+                      "name": name.replace("_", " ").capitalize(),
+                      "state_topic": "c/bat/state", "availability_topic": "c/bat/s",
+                      "device": {"name": "bat"}, "origin": ORIGIN, **extra}
