@@ -9,8 +9,12 @@ from pathlib import Path
 
 import can
 import pytest
+from canbridge_plugins.dbc_source import DbcSource
 from conftest import run_canbridge, write_capture
 from test_pylontech import NORMAL_BURST
+
+from canbridge import Clock, Update
+from canbridge.testing import build, capture
 
 DATA = Path(__file__).resolve().parent / "data"
 T0 = 1_760_000_000.0
@@ -140,3 +144,38 @@ def test_dbc_show_takes_a_file_path_and_marks_29_bit_ids() -> None:
     assert shown.returncode == 0, shown.stderr
     assert "0x18FF5011 (29-bit) Measurements  8 bytes" in shown.stdout
     assert "bit 16+16 LE signed   x0.1  pack_current  [-3276.8 .. 3276.7] A" in shown.stdout
+
+
+def build_source(**options: object) -> tuple[DbcSource, list[Update]]:
+    source = build(DbcSource, {"bus": "battery", "dbc": str(DATA / "imaginary_battery.dbc"),
+                               "signals": {"pack_voltage": "voltage",
+                                           "over_voltage": "alarm_high_voltage"},
+                               **options}, clock=Clock(virtual=True, start=T0))
+    return source, capture(source)
+
+
+def test_ids_choose_the_messages_decoded_29_bit_ones_as_the_dbc_writes_them() -> None:
+    """And a battery that says it reports no alarms says so with each update of limits."""
+    source, out = build_source(ids=[0x310, 0x80000000 | 0x18FF5011], alarms="none")
+    for _, frame_id, data in battery_second(0):
+        source.on_frame(can.Message(timestamp=T0, arbitration_id=frame_id, data=data,
+                                    is_extended_id=frame_id > 0x7FF))
+    assert [sorted(u.values) for u in out] == [  # no status frame: it is not among the ids
+        ["alarm_report", "charge_current_limit", "charge_voltage_limit",
+         "discharge_current_limit", "discharge_voltage_limit"],
+        ["soc", "soh", "temperature", "voltage"]]
+    assert out[0].values["alarm_report"] == "none"  # alarms = "none" rides on the limits
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"ids": [0x311]}, "ids: 0x311 is not a message of the DBC"),
+    ({"ids": [0x18FF5011]}, "ids: 0x18FF5011 is not a message of the DBC"),  # 29-bit: +2^31
+    ({"alarms": "none"}, 'alarms: "none", but the DBC maps alarm_high_voltage: use '
+                         'alarms = "dbc"'),
+    ({"ids": [0x312], "signals": {"fan_speed": "fan"}},
+     "signals: no DBC signal maps to a vocabulary name: the source emits nothing"),
+])
+def test_what_the_source_refuses(options: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        build_source(**options)
+    assert message in str(caught.value)
