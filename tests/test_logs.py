@@ -71,10 +71,14 @@ def test_journald_lines_carry_a_priority_and_no_timestamp(
     monkeypatch.setenv("JOURNAL_STREAM", f"{info.st_dev}:{info.st_ino}")
     setup_logging({"level": "debug"}, None)
     log = logging.getLogger("canbridge.inverter")
+    log.critical("cannot go on")
     log.error("stale battery data: safe state")
+    log.warning("bus reopened")
     log.info("fresh again")
     log.debug("detail")
-    assert written(stderr) == ["<3>ERROR canbridge.inverter: stale battery data: safe state",
+    assert written(stderr) == ["<2>CRITICAL canbridge.inverter: cannot go on",
+                               "<3>ERROR canbridge.inverter: stale battery data: safe state",
+                               "<4>WARNING canbridge.inverter: bus reopened",
                                "<6>INFO canbridge.inverter: fresh again",
                                "<7>DEBUG canbridge.inverter: detail"]
 
