@@ -559,6 +559,31 @@ def test_a_full_speed_replay_records_every_frame_however_fast_it_went(
         (pytest.approx(ts), frame_id, data) for ts, frame_id, data in frames]
 
 
+def test_a_live_record_is_stamped_with_unix_time(tmp_path: Path, channel: str) -> None:
+    """A record is read beside other logs: live, its frames carry wall-clock time, not the
+    pipeline's monotonic clock."""
+    record = tmp_path / "battery.log"
+    text = frames_seen_live(channel).replace(f'channel = "{channel}"\n',
+                                            f'channel = "{channel}"\nrecord = "{record}"\n')
+    engine = Engine(load(tmp_path, text), duration=600.0)
+    runner = threading.Thread(target=engine.run, name="engine", daemon=True)
+    runner.start()
+    peer = can.Bus(interface="virtual", channel=channel)
+    try:
+        wait_until(lambda: hasattr(engine.components.get("seen"), "received"))  # started
+        before = time.time()
+        peer.send(can.Message(arbitration_id=0x351, data=[7]))
+        wait_until(lambda: bool(engine.components["seen"].received))
+        after = time.time()
+    finally:
+        peer.shutdown()
+        engine.request_stop()
+        runner.join(5)
+    (recorded,) = can.LogReader(str(record))
+    assert (recorded.arbitration_id, bytes(recorded.data)) == (0x351, b"\x07")
+    assert before <= recorded.timestamp <= after
+
+
 def test_a_frame_finding_the_queue_full_is_dropped_counted_and_told_once(
         tmp_path: Path, channel: str, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
