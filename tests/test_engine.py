@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import can
@@ -436,25 +438,33 @@ def frames_seen_live(channel: str) -> str:
             + '[sinks.seen]\ntype = "test-collect"\ninputs = ["frames"]\n')
 
 
-def test_a_live_frame_carries_pipeline_time_whatever_its_driver_stamped(
-        tmp_path: Path, channel: str) -> None:
-    """Freshness (and with it the inverter's safe state) is judged on the pipeline clock: a
-    live frame is stamped with it on arrival, not left with the driver's time."""
-    engine = Engine(load(tmp_path, frames_seen_live(channel)), duration=600.0)
+@contextlib.contextmanager
+def running_live(tmp_path: Path, text: str, channel: str) -> Iterator[tuple[Engine, can.BusABC]]:
+    """The pipeline (`frames_seen_live`'s) running on its own thread, started, and a peer on
+    `channel` to send it frames; both stopped afterwards."""
+    engine = Engine(load(tmp_path, text), duration=600.0)
     runner = threading.Thread(target=engine.run, name="engine", daemon=True)
     runner.start()
     peer = can.Bus(interface="virtual", channel=channel)
     try:
         wait_until(lambda: hasattr(engine.components.get("seen"), "received"))  # started
+        yield engine, peer
+    finally:
+        peer.shutdown()
+        engine.request_stop()
+        runner.join(5)
+
+
+def test_a_live_frame_carries_pipeline_time_whatever_its_driver_stamped(
+        tmp_path: Path, channel: str) -> None:
+    """Freshness (and with it the inverter's safe state) is judged on the pipeline clock: a
+    live frame is stamped with it on arrival, not left with the driver's time."""
+    with running_live(tmp_path, frames_seen_live(channel), channel) as (engine, peer):
         before = time.monotonic()
         peer.send(can.Message(arbitration_id=0x351, data=[7], timestamp=12345.0))
         received = engine.components["seen"].received
         wait_until(lambda: bool(received))
         assert before <= received[0].timestamp <= time.monotonic()
-    finally:
-        peer.shutdown()
-        engine.request_stop()
-        runner.join(5)
 
 
 def test_components_with_the_same_inputs_share_one_view_the_core_keeps(tmp_path: Path) -> None:
@@ -565,20 +575,11 @@ def test_a_live_record_is_stamped_with_unix_time(tmp_path: Path, channel: str) -
     record = tmp_path / "battery.log"
     text = frames_seen_live(channel).replace(f'channel = "{channel}"\n',
                                             f'channel = "{channel}"\nrecord = "{record}"\n')
-    engine = Engine(load(tmp_path, text), duration=600.0)
-    runner = threading.Thread(target=engine.run, name="engine", daemon=True)
-    runner.start()
-    peer = can.Bus(interface="virtual", channel=channel)
-    try:
-        wait_until(lambda: hasattr(engine.components.get("seen"), "received"))  # started
+    with running_live(tmp_path, text, channel) as (engine, peer):
         before = time.time()
         peer.send(can.Message(arbitration_id=0x351, data=[7]))
         wait_until(lambda: bool(engine.components["seen"].received))
         after = time.time()
-    finally:
-        peer.shutdown()
-        engine.request_stop()
-        runner.join(5)
     (recorded,) = can.LogReader(str(record))
     assert (recorded.arbitration_id, bytes(recorded.data)) == (0x351, b"\x07")
     assert before <= recorded.timestamp <= after
