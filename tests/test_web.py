@@ -252,11 +252,13 @@ def test_beyond_max_clients_a_request_is_told_busy_until_a_slot_frees() -> None:
             return answer
 
         with socket.create_connection(("127.0.0.1", port)):  # holds the one slot, silent
-            wait_until(lambda: status_of_a_get()[0] == 503)
+            # Its server thread has taken the slot (read without taking it: a look that
+            # took it could have the silent client refused instead).
+            wait_until(lambda: sink._server.slots._value == 0)
             status, body = status_of_a_get()
             assert status == 503 and b"busy: too many clients" in body
         wait_until(lambda: status_of_a_get()[0] == 200)  # its slot is free again
-        assert sink.refused >= 2
+        assert sink.refused >= 1  # more when a GET came before the closed slot was freed
     finally:
         sink.stop()
 
