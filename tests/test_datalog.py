@@ -454,7 +454,16 @@ def test_a_full_disk_never_leaves_a_cut_row_and_loses_no_row(small_disk: Path) -
             pass
     advance(sink, clock, 6000)  # 100 rows: past the room left in the file's last page
     wait_for(lambda: sink.status()["errors"] >= 1)
-    written = [json.loads(line) for line in log.read_text().splitlines()]  # every line whole
+    written: list[object] = []
+
+    def every_line_whole() -> bool:  # once the writer's queued retries have settled
+        try:
+            written[:] = [json.loads(line) for line in log.read_text().splitlines()]
+        except ValueError:
+            return False
+        return True
+
+    wait_for(every_line_whole)
     assert 1 <= len(written) < 101
     filler.unlink()  # room again
     advance(sink, clock, 60)
