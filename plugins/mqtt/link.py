@@ -269,22 +269,23 @@ class Link:
         from .pahoclient import MQTTErrorCode, mqtt
 
         qos = self.settings.qos
+        failure: str | None = None  # why it is lost; None: lost with the connection, told
         try:
             rc = client.publish(message.topic, message.payload, qos=qos,
                                 retain=message.retain).rc
         except Exception as exc:  # paho refusing one message must not end MQTT for the run
-            with self._cond:
-                self.dropped += 1
-            self._error(f"publish to {message.topic} failed: {exc!r}")
-            return
-        if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
-            return
-        if rc == MQTTErrorCode.MQTT_ERR_NO_CONN and qos > 0:
-            return  # paho keeps it and sends it once reconnected
+            failure = repr(exc)
+        else:
+            if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+                return
+            if rc == MQTTErrorCode.MQTT_ERR_NO_CONN and qos > 0:
+                return  # paho keeps it and sends it once reconnected
+            if rc != MQTTErrorCode.MQTT_ERR_NO_CONN:
+                failure = mqtt.error_string(rc)
         with self._cond:
             self.dropped += 1
-        if rc != MQTTErrorCode.MQTT_ERR_NO_CONN:
-            self._error(f"publish to {message.topic} failed: {mqtt.error_string(rc)}")
+        if failure is not None:
+            self._error(f"publish to {message.topic} failed: {failure}")
 
     # -- paho's network thread ------------------------------------------------------------
 
