@@ -518,9 +518,10 @@ def test_a_secret_file_that_blocks_never_holds_up_the_engine_thread(broker, tmp_
     os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # lets the MQTT thread's read end
 
 
-def unstarted_link(qos: int = 1) -> link_module.Link:
-    return link_module.Link(link_module.Settings("127.0.0.1", 1, "test", qos, "bat/status"),
-                            logging.getLogger("test"))
+def make_link(client_id: str = "test", port: int = 1, qos: int = 1) -> link_module.Link:
+    """A link with availability on bat/status, not started (port 1: no broker there)."""
+    return link_module.Link(link_module.Settings("127.0.0.1", port, client_id, qos,
+                                                 "bat/status"), logging.getLogger("test"))
 
 
 def test_alarm_changes_wait_apart_up_to_max_kept_and_a_sent_batch_makes_room(
@@ -528,7 +529,7 @@ def test_alarm_changes_wait_apart_up_to_max_kept_and_a_sent_batch_makes_room(
     """A state with an alarm change is never replaced by the next state, up to MAX_KEPT
     waiting (a broker away for long must not grow memory); past that they coalesce."""
     monkeypatch.setattr(link_module, "MAX_KEPT", 3)
-    link = unstarted_link()
+    link = make_link()
     for n in range(5):
         link.publish("bat/state", f"alarm {n}", keep=True)
     link.publish("bat/state", "periodic")
@@ -546,15 +547,14 @@ def test_a_publish_the_lost_connection_refuses_is_kept_only_with_qos(qos: int,
     an error (the connection's loss was told already). A real, never connected, client."""
     from canbridge_plugins.mqtt.pahoclient import CallbackAPIVersion, Client
 
-    link = unstarted_link(qos)
+    link = make_link(qos=qos)
     link._send(Client(CallbackAPIVersion.VERSION2, client_id="test"),
                link_module.Message("bat/state", "{}", False))
     assert (link.dropped, link.errors) == (dropped, 0)
 
 
 def test_published_counts_what_the_broker_acknowledged(broker: Mosquitto) -> None:
-    link = link_module.Link(link_module.Settings("127.0.0.1", broker.port, "counted", 1,
-                                                 "bat/status"), logging.getLogger("test"))
+    link = make_link("counted", broker.port)
     with Subscriber(broker) as sub:
         link.start()
         for n in range(3):
@@ -570,8 +570,7 @@ def test_published_counts_what_the_broker_acknowledged(broker: Mosquitto) -> Non
 def test_a_message_paho_refuses_costs_only_that_message(broker: Mosquitto) -> None:
     """paho raises for some messages (here a topic with a wildcard, which the sink's own
     checks never let through): the publisher thread counts it and goes on publishing."""
-    link = link_module.Link(link_module.Settings("127.0.0.1", broker.port, "refused", 1,
-                                                 "bat/status"), logging.getLogger("test"))
+    link = make_link("refused", broker.port)
     with Subscriber(broker) as sub:
         link.start()
         wait_until(lambda: link.status()["state"] == "connected")
@@ -588,8 +587,7 @@ def test_a_message_paho_refuses_costs_only_that_message(broker: Mosquitto) -> No
 def test_a_handler_that_raises_costs_only_that_message(broker: Mosquitto, caplog) -> None:
     """paho ends its network thread on an exception from a callback: a fault in handling
     one command must not leave MQTT dead for the run."""
-    link = link_module.Link(link_module.Settings("127.0.0.1", broker.port, "handled", 1,
-                                                 "bat/status"), logging.getLogger("test"))
+    link = make_link("handled", broker.port)
     handled: list[bytes] = []
 
     def handler(payload: bytes) -> None:
